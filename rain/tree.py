@@ -1,0 +1,170 @@
+"""The search tree: nodes and pure tree operations (PUCT selection, backup, widening test, priors).
+
+Knows: visit counts, values, priors and embeddings of segments, and the official rules that
+update them (RAIN_ALGORITHM.md §1.4, §1.6, §1.7). Does not know: tokens' meaning, the LM or the
+judge. Every function here is deterministic and is tested against hand-computed numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass(eq=False)
+class Node:
+    """One segment of the answer. Paper symbols: N = visits, Q = value, p = prior."""
+
+    tokens: tuple = ()
+    """The segment's token ids (empty for the question's root)."""
+    prior: float = 1.0
+    depth: int = 0
+    """Absolute depth from the question's root; not reset when re-rooting (segment lengths grow with it)."""
+    parent: Optional["Node"] = None
+    children: dict = field(default_factory=dict)
+    """segment tuple -> Node, in proposal order."""
+    visits: float = 0.0
+    """N: real backups plus fractional similarity updates."""
+    real_visits: int = 0
+    """Backups that went through this node."""
+    value: float = 0.0
+    """Q: weighted mean of backed-up values, in [-1, 1]."""
+    embedding: Optional[torch.Tensor] = None
+    """Running mean over real visits of the embeddings of texts through this node."""
+    candidates: list = field(default_factory=list)
+    """Ranked (segment, probability) proposals kept for dynamic widening."""
+    terminal: Optional[bool] = None
+    """Set when first reached as a leaf: the answer ends inside this node."""
+
+    def path_from(self, top: "Node") -> list:
+        """Nodes from just below `top` down to self."""
+        path, node = [], self
+        while node is not top:
+            path.append(node)
+            node = node.parent
+        return path[::-1]
+
+
+@dataclass
+class ValueBounds:
+    """Running min / max of the values seen (normalises Q in selection; starts at [-1, 1] as the official code)."""
+
+    low: float = -1.0
+    high: float = 1.0
+
+    def update(self, q: float) -> None:
+        self.low, self.high = min(self.low, q), max(self.high, q)
+
+    def normalise(self, q: float) -> float:
+        return (q - self.low) / (self.high - self.low + 1e-5)
+
+
+def puct_score(child: Node, parent_visits: float, *, c: float, bounds: ValueBounds, unvisited: float) -> float:
+    """qh + c * p * sqrt(N_parent) / (1 + N_child), with qh = `unvisited` for a child never backed up."""
+    qh = unvisited if child.real_visits == 0 else bounds.normalise(child.value)
+    return qh + c * child.prior * math.sqrt(parent_visits) / (1.0 + child.visits)
+
+
+def select_child(node: Node, *, c: float, bounds: ValueBounds, unvisited: float = 0.0) -> Node:
+    """The child maximising the PUCT score (first in proposal order on ties)."""
+    return max(node.children.values(),
+               key=lambda ch: puct_score(ch, node.visits, c=c, bounds=bounds, unvisited=unvisited))
+
+
+def most_visited(node: Node) -> Optional[Node]:
+    """The child with the most visits, ties broken by higher value; None for a leaf."""
+    if not node.children:
+        return None
+    return max(node.children.values(), key=lambda ch: (ch.visits, ch.value))
+
+
+def normalised_priors(probs: list, *, uniform_mix: float = 0.0) -> list:
+    """Renormalise to sum 1, then mix: (1 - w) p + w / n (w > 0 only at the root)."""
+    total = sum(probs)
+    n = len(probs)
+    base = [p / total for p in probs] if total > 0 else [1.0 / n] * n
+    return [(1.0 - uniform_mix) * p + uniform_mix / n for p in base]
+
+
+def clamp_greedy(greedy: float, sampled: list) -> float:
+    """The official greedy-probability clamp: at most sum(sampled), at least max + min of sampled."""
+    if not sampled:
+        return greedy
+    return max(min(greedy, sum(sampled)), max(sampled) + min(sampled))
+
+
+def add_children(node: Node, candidates: list, *, uniform_mix: float = 0.0) -> None:
+    """Expand `node` with (segment, probability) candidates; priors renormalised (and mixed at the root)."""
+    priors = normalised_priors([p for _, p in candidates], uniform_mix=uniform_mix)
+    for (segment, _), prior in zip(candidates, priors):
+        node.children[segment] = Node(tokens=segment, prior=prior, depth=node.depth + 1, parent=node)
+
+
+def mix_priors(node: Node, weight: float) -> None:
+    """After a commit: the new root's children get (1 - w) p + w / n."""
+    n = len(node.children)
+    for child in node.children.values():
+        child.prior = (1.0 - weight) * child.prior + weight / n
+
+
+def widen_with(node: Node, ranked: list, *, uniform_mix: float = 0.0) -> list:
+    """Dynamic widening: keep the first k+1 of `ranked` (k = current children), add those not yet children.
+    New children's priors come from renormalising the kept k+1; existing children keep theirs. -> added nodes."""
+    kept = []
+    for segment, p in ranked:
+        if segment not in [s for s, _ in kept]:
+            kept.append((segment, p))
+        if len(kept) == len(node.children) + 1:
+            break
+    priors = normalised_priors([p for _, p in kept], uniform_mix=uniform_mix)
+    added = []
+    for (segment, _), prior in zip(kept, priors):
+        if segment not in node.children:
+            child = Node(tokens=segment, prior=prior, depth=node.depth + 1, parent=node)
+            node.children[segment] = child
+            added.append(child)
+    node.candidates = kept + [(s, p) for s, p in node.candidates if s not in dict(kept)]
+    return added
+
+
+def needs_widening(node: Node, *, max_children: int, variance_scale: float) -> bool:
+    """Fewer than max_children, every child embedded, children too similar, and all of them look bad."""
+    children = list(node.children.values())
+    if not children or len(children) >= max_children or any(ch.embedding is None for ch in children):
+        return False
+    spread = torch.stack([ch.embedding for ch in children]).var(dim=0, unbiased=False).norm().item()
+    return spread < variance_scale * len(children[0].tokens) and max(ch.value for ch in children) < 0
+
+
+def backup(leaf: Node, root: Node, value: float, embeddings: list, *, bounds: ValueBounds,
+           sim_threshold: float, sim_weight: float) -> None:
+    """Back `value` up from `leaf` to `root` (RAIN_ALGORITHM.md §1.6).
+
+    `embeddings[i]` embeds the text from the start of path node i's segment to the end of the
+    rollout, for the path below the root (leaf.path_from(root)). Each path node: N += 1, real
+    visits += 1, running-mean embedding, then every embedded sibling with cosine >= threshold
+    gets a fractional visit w = sim_weight * cos and its Q moves toward `value` with weight w.
+    Finally every path node's Q += (value - Q) / N.
+    """
+    path = leaf.path_from(root)
+    root.visits += 1
+    root.real_visits += 1
+    for node, x in zip(path, embeddings):
+        node.visits += 1
+        node.real_visits += 1
+        node.embedding = x.clone() if node.embedding is None else node.embedding + (x - node.embedding) / node.real_visits
+        for sibling in node.parent.children.values():
+            if sibling is node or sibling.embedding is None:
+                continue
+            cos = torch.nn.functional.cosine_similarity(node.embedding, sibling.embedding, dim=0).item()
+            if cos >= sim_threshold:
+                w = sim_weight * cos
+                sibling.value = (sibling.value * sibling.visits + value * w) / (sibling.visits + w)
+                sibling.visits += w
+    root.value += (value - root.value) / root.visits
+    for node in path:
+        node.value += (value - node.value) / node.visits
+        bounds.update(node.value)
