@@ -122,12 +122,12 @@ def pairwise_outcome(*, rain_first: str | None, vanilla_first: str | None) -> st
 def summarise(results: Results, *, scored: list[dict], plan: ScoringPlan) -> dict:
     """Rates per answer kind and criterion, pairwise counts, judge usage and the time ratio."""
     every = list(plan.criteria) + ([plan.pairwise] if plan.pairwise is not None else [])
-    judges = {criterion.judge.name: criterion.judge for criterion in every}
+    judges = list({id(criterion.judge): criterion.judge for criterion in every}.values())
     summary = {
         "results": str(results.path), "benchmark": results.benchmark, "model": results.model,
         "n_records": len(results.records), "n_skipped": results.n_skipped,
         "kinds": {kind: KIND_LABELS[kind] for kind in results.kinds},
-        "judges": sorted(judges),
+        "judges": sorted({judge.name for judge in judges}),
         "templates": {c.name: c.template.tag for c in plan.criteria},
         "rates": {kind: _kind_rates(scored, kind=kind) for kind in results.kinds},
         "usage": _usage(judges),
@@ -159,16 +159,24 @@ def _pairwise_counts(scored: list[dict]) -> dict:
     return dict(counts, n=len(known), unparseable=len(outcomes) - len(known))
 
 
-def _usage(judges: dict[str, Judge]) -> dict:
-    usage = {}
-    for name, judge in judges.items():
-        entry = {"questions_asked": judge.asked, "cache_hits": judge.cache.hits}
+def _usage(judges: list[Judge]) -> dict:
+    """Per judge name: questions asked, cache hits, requests and tokens (summed over backends of that name)."""
+    usage: dict[str, dict] = {}
+    seen_backends: set[int] = set()
+    for judge in judges:
+        entry = usage.setdefault(judge.name, {"questions_asked": 0, "cache_hits": 0, "requests": 0, "retries": 0,
+                                              "tokens_in": 0, "tokens_out": 0, "cost_usd": None})
+        entry["questions_asked"] += judge.asked
+        entry["cache_hits"] += judge.cache_hits
+        if id(judge.backend) in seen_backends:
+            continue
+        seen_backends.add(id(judge.backend))
         counted = getattr(judge.backend, "usage", None)
-        if counted is not None:
-            entry.update(counted.as_dict())
+        for field, value in (counted.as_dict() if counted is not None else {}).items():
+            entry[field] += value
         cost = getattr(judge.backend, "cost_usd", None)
-        entry["cost_usd"] = cost() if cost is not None else None
-        usage[name] = entry
+        if cost is not None and cost() is not None:
+            entry["cost_usd"] = (entry["cost_usd"] or 0.0) + cost()
     return usage
 
 

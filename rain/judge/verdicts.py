@@ -64,6 +64,8 @@ class Judge:
         self.progress = progress
         self.asked = 0
         """Questions sent to the backend in this process (cache misses)."""
+        self.cache_hits = 0
+        """Questions answered from the cache in this process."""
         self._lock = threading.Lock()
 
     @property
@@ -82,6 +84,7 @@ class Judge:
             if entry is not None and not (self.retry_unparseable and entry.get("unparseable")):
                 known[key] = Verdict(value=entry.get("verdict"), unparseable=bool(entry.get("unparseable")),
                                      raw=entry.get("raw", ""), cached=True)
+                self.cache_hits += 1
             else:
                 todo[key] = question
         known.update(self._ask_all(todo))
