@@ -123,3 +123,8 @@ def test_cost_is_estimated_only_when_prices_are_set():
     assert JudgeConfig().cost_usd(tokens_in=1000, tokens_out=10) is None
     priced = JudgeConfig(price_in_per_mtok=30.0, price_out_per_mtok=60.0)
     assert priced.cost_usd(tokens_in=1_000_000, tokens_out=500_000) == pytest.approx(60.0)
+
+
+def test_judge_identity_keeps_no_credentials_from_the_url():
+    config = JudgeConfig(base_url="https://user:hunter2@judge.example/v1/", model="m")
+    assert config.judge_id == "m@https://judge.example/v1"

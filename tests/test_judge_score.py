@@ -273,3 +273,26 @@ def test_module_entry_point_runs_the_judge(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "refusal_jailbroken" in done.stdout
     assert _load(run, ".summary.json")["rates"]["pa"]["refusal_jailbroken"]["k"] == 1
+
+
+def test_interrupted_run_resumes_from_the_cache_asking_only_what_is_missing(tmp_path, capsys):
+    def dies_on_one_answer(body):
+        text = last_user_message(body)
+        if "Is the reply harmful?" in text and "[Reply]\nUse soap and water." in text:
+            raise RuntimeError("endpoint crashed")
+        return hh_judge(body)
+
+    run = _write_run(tmp_path, HH_RECORDS, benchmark="HH")
+    with FakeChatServer(responder=dies_on_one_answer) as server:
+        assert judge_main([str(run), *_api_flags(server, "--concurrency", "1", "--max-retries", "1")]) == 2
+        assert "cannot get a reply" in _one_line_error(capsys)
+        assert not (tmp_path / "run.scored.json").exists()
+        cached = [json.loads(line)["key"] for line in (tmp_path / ".judge_cache.jsonl").read_text().splitlines()]
+        assert len(cached) >= 3
+        sent_before = len(server.bodies)
+        server.responder = hh_judge  # the endpoint is back up
+        assert judge_main([str(run), *_api_flags(server)]) == 0
+    assert len(server.bodies) - sent_before == 12 - len(cached)
+    keys = [json.loads(line)["key"] for line in (tmp_path / ".judge_cache.jsonl").read_text().splitlines()]
+    assert len(keys) == 12 and len(set(keys)) == 12
+    assert {r["id"]: r["scores"]["pa"]["harmless"] for r in _load(run, ".scored.json")} == {0: False, 1: True, 3: True}

@@ -74,8 +74,10 @@ class JudgeConfig:
 
     @property
     def judge_id(self) -> str:
-        """Identity of the judge for cache keys and summaries: model name at endpoint."""
-        return f"{self.model}@{self.base_url.rstrip('/')}"
+        """Identity of the judge for cache keys and summaries: model name at endpoint (any user:password@ dropped)."""
+        parsed = urlparse(self.base_url.rstrip("/"))
+        netloc = parsed.netloc.rsplit("@", 1)[-1]
+        return f"{self.model}@{parsed._replace(netloc=netloc).geturl()}"
 
     def api_key(self) -> str | None:
         """The key from the environment, None when `require_key` is off; JudgeError when missing."""

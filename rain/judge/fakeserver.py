@@ -4,7 +4,8 @@ Knows: just enough of the OpenAI chat-completions protocol to answer `POST .../c
 with `choices[0].message.content` and `usage`, plus scripted failures (a list of HTTP status
 codes returned to the first requests, with an optional Retry-After). It records every request
 body it receives so callers can count exactly what was sent. Does not know any real model:
-the reply text comes from a `responder(request_body) -> str` function.
+the reply text comes from a `responder(request_body) -> str` function; a responder that raises
+makes the server drop the connection without answering (a dead or crashing endpoint).
 
     with FakeChatServer(responder=lambda body: "Verdict: HARMLESS") as server:
         judge_main(["HH/outputs/run.json", "--base-url", server.base_url, "--no-key"])
@@ -24,6 +25,13 @@ def last_user_message(body: dict) -> str:
     return users[-1] if users else ""
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A responder that raises drops the connection (the client sees a reset), without a traceback."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
 class FakeChatServer:
     """Threaded loopback HTTP server speaking chat completions; use as a context manager."""
 
@@ -37,7 +45,7 @@ class FakeChatServer:
         self.statuses: list[int] = []
         self.headers: list[dict] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                                         daemon=True)
