@@ -1,0 +1,202 @@
+"""One benchmark worker: answers its share of the prompts and appends a record per prompt to its shard.
+
+Runs as ``python -m rain.worker --config FILE [--config FILE ...] [key=value ...]``:
+- under the launcher (`rain.parallel`), which passes ``--rank R --world W --plan FILE`` and the GPUs
+  of the worker's group in ``CUDA_VISIBLE_DEVICES``;
+- under ``torchrun`` or ``accelerate launch``: rank and world size come from ``RANK`` /
+  ``WORLD_SIZE`` (``LOCAL_RANK`` picks the GPU); every rank writes its own shard on the shared
+  filesystem and the last rank to finish writes the merged JSON.
+A worker takes every W-th prompt of its candidate list (the plan, or the whole selection), skips
+prompts finished in any shard of the run, loads the model once, and flushes each record as soon
+as it is done. The per-prompt seed is ``search.seed + id``, so answers do not depend on W.
+Knows nothing about GPUs beyond the environment it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from rain.config import RainConfig, load_config
+from rain.records import RunPaths, ShardWriter, done_ids, merge, ok_record, run_name, skipped_record, \
+    write_or_check_meta
+from rain.tasks import Item, load_items
+
+Answerer = Callable[[Item], dict]
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place among the workers."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: Optional[int] = None
+    """Set under torchrun / accelerate launch: the process's index on its machine."""
+
+    def __post_init__(self):
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise ValueError(f"rank must be in [0, world) with world >= 1, got rank={self.rank}, world={self.world}")
+
+
+def rank_from_env(environ=os.environ) -> Optional[Rank]:
+    """The rank set by torchrun / accelerate launch (RANK, WORLD_SIZE, LOCAL_RANK), or None if not set."""
+    if "RANK" not in environ or "WORLD_SIZE" not in environ:
+        return None
+    local = environ.get("LOCAL_RANK")
+    return Rank(rank=int(environ["RANK"]), world=int(environ["WORLD_SIZE"]),
+                local_rank=None if local is None else int(local))
+
+
+# ----------------------------------------------------------------------------- one prompt
+
+def too_long(tokenizer, item: Item, cfg: RainConfig) -> Optional[str]:
+    """Why a prompt cannot be answered (None if it can): the official length filter and the total limit."""
+    import rain
+
+    question_tokens = len(tokenizer(item.prompt, add_special_tokens=False)["input_ids"])
+    if question_tokens >= cfg.run.max_prompt_tokens:
+        return f"prompt has {question_tokens} tokens, run.max_prompt_tokens is {cfg.run.max_prompt_tokens}"
+    prompt_tokens = len(rain.prompt_ids(tokenizer, item.prompt, cfg.prompt))
+    if prompt_tokens >= cfg.search.max_length:
+        return f"formatted prompt has {prompt_tokens} tokens, search.max_length is {cfg.search.max_length}"
+    return None
+
+
+def answer_item(model, tokenizer, item: Item, cfg: RainConfig) -> dict:
+    """The record of one prompt: RAIN and/or vanilla answers, or a skip with its reason."""
+    import rain
+
+    seed = cfg.search.seed + item.id
+    question = rain.prompt_text(tokenizer, item.prompt, cfg.prompt)
+    reason = too_long(tokenizer, item, cfg)
+    if reason is not None:
+        return skipped_record(item, question=question, seed=seed, reason=reason)
+    mode = cfg.run.mode
+    searched = rain.rain_generate(model, tokenizer, item.prompt, cfg, seed=seed) if mode != "vanilla" else None
+    vanilla = rain.vanilla_generate(model, tokenizer, item.prompt, cfg, seed=seed) if mode != "rain" else None
+    return ok_record(item, question=question, seed=seed, rain=searched, vanilla=vanilla)
+
+
+def default_answerer(cfg: RainConfig) -> Answerer:
+    """Load the model once; answer prompts with `answer_item`."""
+    import rain
+
+    model, tokenizer = rain.load_model(cfg.model)
+    return lambda item: answer_item(model, tokenizer, item, cfg)
+
+
+def load_answerer(spec: Optional[str]) -> Callable[[RainConfig], Answerer]:
+    """'module:function' -> the function (cfg -> answerer); None -> `default_answerer`."""
+    if spec is None:
+        return default_answerer
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"--answerer must look like module:function, got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+# ----------------------------------------------------------------------------- a shard
+
+def hardware() -> dict:
+    """CPU count and the names of the GPUs this process sees."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "system": platform.system(), "gpus": gpus,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def place_on_local_gpu(cfg: RainConfig, rank: Rank) -> RainConfig:
+    """Under torchrun with GPUs: put an auto-placed model on the GPU of this local rank."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if rank.local_rank is None or count == 0 or cfg.model.device != "auto" or cfg.model.device_map is not None:
+        return cfg
+    return cfg.replace(model={"device": f"cuda:{rank.local_rank % count}"})
+
+
+def todo_items(items: list[Item], paths: RunPaths, *, rank: Rank, plan: Optional[list[int]]) -> list[Item]:
+    """This rank's unfinished prompts: every world-th id of the plan (default: the selection)."""
+    by_id = {item.id: item for item in items}
+    candidates = plan if plan is not None else [item.id for item in items]
+    done = done_ids(paths)
+    return [by_id[i] for i in candidates[rank.rank::rank.world] if i not in done]
+
+
+def run_shard(cfg: RainConfig, *, rank: Rank, plan: Optional[list[int]] = None,
+              make_answerer: Callable[[RainConfig], Answerer] = default_answerer) -> int:
+    """Answer this rank's unfinished prompts, appending each record at once; returns how many were written."""
+    paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
+    items = load_items(cfg.run)
+    todo = todo_items(items, paths, rank=rank, plan=plan)
+    shard = paths.shard(rank=rank.rank, world=rank.world)
+    print(f"[rank {rank.rank}/{rank.world}] {len(todo)} prompts to answer -> {shard}", flush=True)
+    if not todo:
+        return 0
+    answer = make_answerer(cfg)
+    with ShardWriter(shard) as writer:
+        for number, item in enumerate(todo, start=1):
+            started = time.perf_counter()
+            writer.append(answer(item))
+            print(f"[rank {rank.rank}/{rank.world}] id {item.id} done ({number}/{len(todo)}, "
+                  f"{time.perf_counter() - started:.1f} s)", flush=True)
+    return len(todo)
+
+
+def merge_if_complete(cfg: RainConfig) -> Optional[Path]:
+    """Write the merged JSON if every selected prompt is finished (used by torchrun ranks)."""
+    paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
+    ids = [item.id for item in load_items(cfg.run)]
+    if not set(ids) <= done_ids(paths):
+        return None
+    return merge(paths, ids=ids)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m rain.worker", allow_abbrev=False,
+                                     description="Answer one shard of a benchmark (see rain/parallel.py).")
+    parser.add_argument("--config", action="append", default=[], help="YAML config file (repeatable, in order)")
+    parser.add_argument("--rank", type=int, help="this worker's index (default: RANK from torchrun, else 0)")
+    parser.add_argument("--world", type=int, help="number of workers (default: WORLD_SIZE, else 1)")
+    parser.add_argument("--plan", help="JSON file {'ids': [...]}: the candidate prompt ids, split by rank")
+    parser.add_argument("--answerer", help="module:function taking the config and returning item -> record "
+                                           "(default: RAIN/vanilla generation with rain.load_model)")
+    args, rest = parser.parse_known_args(argv)
+    bad = [text for text in rest if "=" not in text]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like key=value)")
+    return args, rest
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args, overrides = parse_args(argv)
+    cfg = load_config(args.config, overrides)
+    env_rank = rank_from_env()
+    under_launcher = args.rank is not None
+    rank = Rank(rank=args.rank, world=args.world or 1) if under_launcher else (env_rank or Rank())
+    plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))["ids"] if args.plan else None
+    if not under_launcher:
+        write_or_check_meta(RunPaths(Path(cfg.run.outdir), run_name(cfg)), cfg, hardware=hardware())
+        cfg = place_on_local_gpu(cfg, rank)
+    run_shard(cfg, rank=rank, plan=plan, make_answerer=load_answerer(args.answerer))
+    if not under_launcher:
+        merged = merge_if_complete(cfg)
+        note = f"merged output: {merged}" if merged else "other ranks still running; the last one merges"
+        print(f"[rank {rank.rank}/{rank.world}] {note}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Run the truth benchmark: `python allocation.py --nump p [--config FILE] [--section.field=value ...]`.
+
+Thin wrapper: all logic is in rain/parallel.py. Default config: configs/truth.yaml. See README.md here.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from rain.parallel import launcher_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(launcher_main(sys.argv[1:], benchmark="truth", default_config=ROOT / "configs" / "truth.yaml"))
