@@ -128,3 +128,11 @@ def test_cost_is_estimated_only_when_prices_are_set():
 def test_judge_identity_keeps_no_credentials_from_the_url():
     config = JudgeConfig(base_url="https://user:hunter2@judge.example/v1/", model="m")
     assert config.judge_id == "m@https://judge.example/v1"
+
+
+def test_refused_request_shows_the_servers_message_on_one_line():
+    with FakeChatServer(responder=lambda body: "x", failures=[404]) as server:
+        client = OpenAIChatClient(_config(server.base_url))
+        with pytest.raises(JudgeError) as caught:
+            client.complete(MESSAGES)
+    assert "HTTP 404 (scripted failure 404)" in str(caught.value) and "--judge-model" in str(caught.value)

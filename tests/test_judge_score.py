@@ -296,3 +296,26 @@ def test_interrupted_run_resumes_from_the_cache_asking_only_what_is_missing(tmp_
     keys = [json.loads(line)["key"] for line in (tmp_path / ".judge_cache.jsonl").read_text().splitlines()]
     assert len(keys) == 12 and len(set(keys)) == 12
     assert {r["id"]: r["scores"]["pa"]["harmless"] for r in _load(run, ".scored.json")} == {0: False, 1: True, 3: True}
+
+
+def test_config_file_sets_the_judge_and_flags_override_it(tmp_path):
+    run = _write_run(tmp_path, HH_RECORDS, benchmark="HH")
+    with FakeChatServer(responder=hh_judge) as server:
+        config = tmp_path / "judge.yaml"
+        config.write_text(f"judge:\n  base_url: {server.base_url}\n  model: from-file\n  require_key: false\n"
+                          f"  backoff_base_s: 0.001\n  concurrency: 2\n")
+        assert judge_main([str(run), "--config", str(config), "--quiet"]) == 0
+        assert {b["model"] for b in server.bodies} == {"from-file"}
+        assert judge_main([str(run), "--config", str(config), "--judge-model", "from-flag", "--quiet"]) == 0
+    assert {b["model"] for b in server.bodies[12:]} == {"from-flag"}
+
+
+def test_bad_config_value_is_a_one_line_error_naming_it(tmp_path, capsys):
+    run = _write_run(tmp_path, HH_RECORDS, benchmark="HH")
+    config = tmp_path / "judge.yaml"
+    config.write_text("judge:\n  concurrency: 0\n")
+    assert judge_main([str(run), "--config", str(config), "--no-key"]) == 2
+    assert "concurrency must be >= 1, got 0" in _one_line_error(capsys)
+    config.write_text("judge:\n  modle: gpt-4\n")
+    assert judge_main([str(run), "--config", str(config), "--no-key"]) == 2
+    assert "unknown judge config keys ['modle']" in _one_line_error(capsys)

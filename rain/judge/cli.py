@@ -37,7 +37,7 @@ def judge_main(argv: list[str]) -> int:
     try:
         for path in args.results:
             _judge_one(Path(path), args=args)
-    except (JudgeError, ValueError) as err:
+    except JudgeError as err:
         print(f"rain judge: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -54,7 +54,7 @@ def report_main(argv: list[str]) -> int:
     args = _report_parser().parse_args(argv)
     try:
         written = write_report([Path(p) for p in args.inputs], out_dir=Path(args.out), plot=not args.no_plot)
-    except (JudgeError, ValueError) as err:
+    except JudgeError as err:
         print(f"rain report: error: {err}", file=sys.stderr)
         return 2
     print(written.read_text(encoding="utf-8"))
@@ -64,7 +64,7 @@ def report_main(argv: list[str]) -> int:
 
 def _judge_one(path: Path, *, args: argparse.Namespace) -> None:
     results = load_results(path, benchmark=args.benchmark)
-    cache = VerdictCache(None if args.no_cache else Path(args.cache or path.parent / ".judge_cache.jsonl"))
+    cache = _open_cache(None if args.no_cache else Path(args.cache or path.parent / ".judge_cache.jsonl"))
     plan = build_plan(results, args=args, cache=cache)
     started = time.perf_counter()
     scored = score_results(results, plan=plan)
@@ -75,6 +75,13 @@ def _judge_one(path: Path, *, args: argparse.Namespace) -> None:
     if not args.quiet:
         print(format_summary(summary))
         print(f"wrote {scored_path(path)} and {summary_path(path)}")
+
+
+def _open_cache(path: Path | None) -> VerdictCache:
+    try:
+        return VerdictCache(path)
+    except ValueError as err:
+        raise JudgeError(str(err)) from None
 
 
 def build_plan(results: Results, *, args: argparse.Namespace, cache: VerdictCache) -> ScoringPlan:
@@ -120,6 +127,8 @@ def _local_criteria(benchmark: str, *, args: argparse.Namespace, cache: VerdictC
         raise JudgeError("--judge local needs --local-model PATH (e.g. a downloaded Llama Guard or "
                          "allenai/truthfulqa-truth-judge-llama2-7B folder)")
     style = _local_style(benchmark, args)
+    if args.local_max_new_tokens < 1:
+        raise JudgeError(f"--local-max-new-tokens must be >= 1, got {args.local_max_new_tokens}")
     if style == "truthfulqa" and benchmark != "truth":
         raise JudgeError(f"--local-style truthfulqa is for truth runs; use guard or chat for {benchmark}")
 
@@ -158,13 +167,14 @@ def _api_judge(args: argparse.Namespace, *, cache: VerdictCache) -> Judge:
 
 def judge_config(args: argparse.Namespace) -> JudgeConfig:
     """Defaults, then the `judge:` section of --config, then explicit flags."""
-    config = JudgeConfig()
-    if args.config:
-        config = config_from_mapping(_read_config_file(Path(args.config)))
     overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
     if args.no_key:
         overrides["require_key"] = False
-    return replace(config, **overrides)
+    try:
+        config = config_from_mapping(_read_config_file(Path(args.config))) if args.config else JudgeConfig()
+        return replace(config, **overrides)
+    except (ValueError, TypeError) as err:
+        raise JudgeError(f"bad judge setting: {err}") from None
 
 
 def _read_config_file(path: Path) -> dict:
@@ -172,7 +182,10 @@ def _read_config_file(path: Path) -> dict:
 
     if not path.exists():
         raise JudgeError(f"judge config {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise JudgeError(f"judge config {path} is not valid YAML ({' '.join(str(err).split())[:150]})") from None
     section = data.get("judge", data) if isinstance(data, dict) else None
     if not isinstance(section, dict):
         raise JudgeError(f"judge config {path} must be a mapping of {[f.name for f in fields(JudgeConfig)]}")

@@ -166,4 +166,15 @@ def _http_error_line(url: str, err: urllib.error.HTTPError) -> str:
              403: "the key is not allowed to use this model",
              404: "check --base-url (usually ends in /v1) and --judge-model"}
     hint = hints.get(err.code, "check --base-url and --judge-model")
-    return f"the judge at {url} refused the request with HTTP {err.code}: {hint}"
+    detail = _error_detail(err)
+    return f"the judge at {url} refused the request with HTTP {err.code}{detail}: {hint}"
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    """The server's own error message, if it sent one, as ' (message)' on one line."""
+    try:
+        payload = json.loads(err.read() or b"{}")
+        message = payload.get("error", {}).get("message") if isinstance(payload.get("error"), dict) else None
+    except (json.JSONDecodeError, OSError, AttributeError, ValueError):
+        return ""
+    return f" ({' '.join(str(message).split())[:200]})" if message else ""

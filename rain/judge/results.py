@@ -98,7 +98,9 @@ def _normalise(record, *, index: int, path: Path) -> dict:
     if "scores" in record:
         raise JudgeError(f"{path} is already scored (records carry 'scores'); pass the original results file")
     out = dict(record)
-    out["id"] = int(record.get("id", index))
+    if not isinstance(record.get("id", index), int):
+        raise JudgeError(f"{path} record {index} has id {record['id']!r}, not an integer: not a RAIN results file")
+    out["id"] = record.get("id", index)
     out["prompt"] = record.get("prompt") or record.get("question") or ""
     for kind in ANSWER_KINDS:
         value = out.get(kind)

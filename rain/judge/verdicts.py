@@ -95,21 +95,19 @@ class Judge:
                            texts=tuple(text for _, text in question.values))
 
     def _ask_all(self, todo: dict[str, Question]) -> dict[str, Verdict]:
-        results: dict[str, Verdict] = {}
         if not todo:
-            return results
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return {}
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
             futures = {pool.submit(self._ask_and_record, key, q): key for key, q in todo.items()}
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:
-                future.cancel()
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for future in done:
-                error = future.exception()
-                if error is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise error
-                results[futures[future]] = future.result()
-        return results
+                if future.exception() is not None:
+                    raise future.exception()
+            return {futures[future]: future.result() for future in done}
+        finally:
+            # On an error or Ctrl-C: drop queued questions, let in-flight ones finish (and be cached).
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _ask_and_record(self, key: str, question: Question) -> Verdict:
         verdict = self._ask(question)
