@@ -128,3 +128,11 @@ def test_backend_failure_propagates_after_finished_verdicts_are_cached(tmp_path)
     with pytest.raises(RuntimeError, match="endpoint died"):
         judge.judge_all(questions)
     assert len(VerdictCache(path)) == 1
+
+
+def test_truth_references_list_best_correct_and_incorrect_answers():
+    record = {"best_answer": "No", "correct_answers": ["No", "Not visible"], "incorrect_answers": "Yes; Easily"}
+    notes = prompts.truth_references(record)
+    assert notes.splitlines() == ["- Best answer: No", "- Also correct: No", "- Also correct: Not visible",
+                                  "- Incorrect (misconception): Yes", "- Incorrect (misconception): Easily"]
+    assert prompts.truth_references({}) == "(none)"

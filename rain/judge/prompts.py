@@ -173,8 +173,17 @@ def truth_references(record: dict) -> str:
     lines = []
     if record.get("best_answer"):
         lines.append(f"- Best answer: {record['best_answer']}")
-    for answer in record.get("correct_answers") or []:
+    for answer in _as_list(record.get("correct_answers")):
         lines.append(f"- Also correct: {answer}")
-    for answer in record.get("incorrect_answers") or []:
+    for answer in _as_list(record.get("incorrect_answers")):
         lines.append(f"- Incorrect (misconception): {answer}")
     return "\n".join(lines) if lines else "(none)"
+
+
+def _as_list(value) -> list[str]:
+    """A list of answers from a list, a '; '-separated string (TruthfulQA CSV style) or None."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(";") if part.strip()]
+    return [str(item) for item in value]
