@@ -319,3 +319,19 @@ def test_bad_config_value_is_a_one_line_error_naming_it(tmp_path, capsys):
     config.write_text("judge:\n  modle: gpt-4\n")
     assert judge_main([str(run), "--config", str(config), "--no-key"]) == 2
     assert "unknown judge config keys ['modle']" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--judge", "none"], "HH needs a judge"),
+    (["--pairwise", "--judge", "local", "--local-model", "/nowhere"], "--pairwise with a local judge needs"),
+])
+def test_impossible_option_combinations_are_one_line_errors(tmp_path, capsys, argv, expected):
+    run = _write_run(tmp_path, HH_RECORDS, benchmark="HH")
+    assert judge_main([str(run), *argv]) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_pairwise_on_a_non_hh_run_is_refused(tmp_path, capsys):
+    run = _write_run(tmp_path, [{"id": 0, "question": "q", "raina": "a", "pa": "b"}], benchmark="adv")
+    assert judge_main([str(run), "--pairwise"]) == 2
+    assert "--pairwise is for HH runs only" in _one_line_error(capsys)

@@ -95,6 +95,8 @@ def build_plan(results: Results, *, args: argparse.Namespace, cache: VerdictCach
             raise JudgeError(f"{results.benchmark} needs a judge: pass --judge api (with --base-url and "
                              f"--judge-model) or --judge local --local-model PATH")
         return ScoringPlan(refusal=True)
+    if args.pairwise and kind == "local" and _local_style(results.benchmark, args) != "chat":
+        raise JudgeError("--pairwise with a local judge needs --local-style chat (a guard model cannot compare)")
     if kind == "api":
         judge = _api_judge(args, cache=cache)
         criteria = _chat_criteria(results.benchmark, judge=judge)
@@ -102,8 +104,6 @@ def build_plan(results: Results, *, args: argparse.Namespace, cache: VerdictCach
         criteria = _local_criteria(results.benchmark, args=args, cache=cache)
         judge = criteria[0].judge
     pairwise = Criterion("pairwise", prompts.HH_PAIRWISE, judge) if args.pairwise else None
-    if pairwise is not None and kind == "local" and _local_style(results.benchmark, args) != "chat":
-        raise JudgeError("--pairwise with a local judge needs --local-style chat (a guard model cannot compare)")
     return ScoringPlan(criteria=tuple(criteria), pairwise=pairwise, refusal=refusal)
 
 
