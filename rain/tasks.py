@@ -176,8 +176,9 @@ def first_human_turn(transcript: str) -> Optional[str]:
 
 
 def hh_item(row: Row) -> tuple[str, dict]:
-    name = next((n for n in ("transcript", "chosen", "rejected") if n in row.data), "transcript")
-    question = first_human_turn(_field(row, (name,)))
+    names = [n for n in ("transcript", "chosen", "rejected") if n in row.data][:1] or ["transcript", "chosen", "rejected"]
+    name = names[0]
+    question = first_human_turn(_field(row, tuple(names)))
     if not question:
         raise DataError(f"{row.where}: field {name!r} has no 'Human: ... Assistant:' turn")
     return question, {}
