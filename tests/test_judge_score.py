@@ -335,3 +335,17 @@ def test_pairwise_on_a_non_hh_run_is_refused(tmp_path, capsys):
     run = _write_run(tmp_path, [{"id": 0, "question": "q", "raina": "a", "pa": "b"}], benchmark="adv")
     assert judge_main([str(run), "--pairwise"]) == 2
     assert "--pairwise is for HH runs only" in _one_line_error(capsys)
+
+
+def test_api_key_reaches_the_server_but_no_file_or_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAIN_TEST_KEY", "sk-do-not-leak-42")
+    run = _write_run(tmp_path, HH_RECORDS, benchmark="HH")
+    with FakeChatServer(responder=hh_judge) as server:
+        flags = [f for f in _api_flags(server) if f not in ("--no-key", "--quiet")]
+        assert judge_main([str(run), *flags, "--api-key-env", "RAIN_TEST_KEY"]) == 0
+    assert {h["Authorization"] for h in server.headers} == {"Bearer sk-do-not-leak-42"}
+    captured = capsys.readouterr()
+    assert "sk-do-not-leak-42" not in captured.out + captured.err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert "sk-do-not-leak-42" not in path.read_text(encoding="utf-8"), path

@@ -67,6 +67,7 @@ class Judge:
         self.cache_hits = 0
         """Questions answered from the cache in this process."""
         self._lock = threading.Lock()
+        self._total = 0
 
     @property
     def name(self) -> str:
@@ -99,6 +100,7 @@ class Judge:
             return {}
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
         try:
+            self._total = len(todo)
             futures = {pool.submit(self._ask_and_record, key, q): key for key, q in todo.items()}
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for future in done:
@@ -116,7 +118,8 @@ class Judge:
         with self._lock:
             self.asked += 1
             if self.progress and self.asked % 25 == 0:
-                print(f"  judged {self.asked} new questions", file=sys.stderr, flush=True)
+                print(f"  {self.name}: {self.asked} questions judged ({self._total} in this batch)",
+                      file=sys.stderr, flush=True)
         return verdict
 
     def _ask(self, question: Question) -> Verdict:
