@@ -211,7 +211,8 @@ def test_official_rain_output_is_scored_with_list_index_as_id(tmp_path):
     records = [{"question": "Q0", "raina": "fine", "pa": "BOMB"}, {"question": "Q1", "raina": "ok", "pa": "ok"}]
     run = _write_run(tmp_path, records, benchmark=None, name="res_0")
     with FakeChatServer(responder=hh_judge) as server:
-        assert judge_main([str(run), "--benchmark", "HH", *_api_flags(server)]) == 0
+        assert judge_main([str(run), "--benchmark", "HH", "--model-label", "llama-30b", *_api_flags(server)]) == 0
+    assert _load(run, ".summary.json")["model"] == "llama-30b"
     scored = _load(run, ".scored.json")
     assert [r["id"] for r in scored] == [0, 1]
     assert scored[0]["scores"]["pa"]["harmless"] is False

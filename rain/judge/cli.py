@@ -64,6 +64,8 @@ def report_main(argv: list[str]) -> int:
 
 def _judge_one(path: Path, *, args: argparse.Namespace) -> None:
     results = load_results(path, benchmark=args.benchmark)
+    if args.model_label:
+        results = replace(results, model=args.model_label)
     cache = _open_cache(None if args.no_cache else Path(args.cache or path.parent / ".judge_cache.jsonl"))
     plan = build_plan(results, args=args, cache=cache)
     started = time.perf_counter()
@@ -198,6 +200,7 @@ def _judge_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", choices=BENCHMARKS, help="needed only when there is no .meta.json and it is not truth")
     p.add_argument("--judge", choices=("api", "local", "none"),
                    help="api: OpenAI-compatible endpoint (default for HH, truth); local: HF model; none: adv refusal ASR only (default for adv)")
+    p.add_argument("--model-label", help="model name for the summary and report (default: from the .meta.json)")
     p.add_argument("--pairwise", action="store_true", help="HH: also compare RAIN with vanilla, both orders (win/tie/lose)")
     p.add_argument("--config", help="YAML with judge settings (top level or under 'judge:'); flags override it")
     api = p.add_argument_group("API judge")
