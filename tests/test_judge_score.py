@@ -216,7 +216,8 @@ def test_official_rain_output_is_scored_with_list_index_as_id(tmp_path):
     scored = _load(run, ".scored.json")
     assert [r["id"] for r in scored] == [0, 1]
     assert scored[0]["scores"]["pa"]["harmless"] is False
-    assert "[Request]\nQ0" in last_user_message(server.bodies[0]) or "[Request]\nQ1" in last_user_message(server.bodies[0])
+    asked = [last_user_message(body) for body in server.bodies]
+    assert sum("[Request]\nQ0\n" in text for text in asked) == 4 and sum("[Request]\nQ1\n" in text for text in asked) == 2  # same answer twice: asked once
 
 
 def _one_line_error(capsys) -> str:
