@@ -169,7 +169,8 @@ def _api_judge(args: argparse.Namespace, *, cache: VerdictCache) -> Judge:
 
 def judge_config(args: argparse.Namespace) -> JudgeConfig:
     """Defaults, then the `judge:` section of --config, then explicit flags."""
-    overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items() if getattr(args, flag) is not None}
+    given = {flag: getattr(args, flag) for flag in _FLAG_TO_FIELD}
+    overrides = {_FLAG_TO_FIELD[flag]: value for flag, value in given.items() if value is not None}
     if args.no_key:
         overrides["require_key"] = False
     try:
@@ -197,11 +198,14 @@ def _read_config_file(path: Path) -> dict:
 def _judge_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rain judge", description="Score RAIN and vanilla answers of results files.")
     p.add_argument("results", nargs="+", help="merged results file(s) <outdir>/<name>.json (or official res_*.json)")
-    p.add_argument("--benchmark", choices=BENCHMARKS, help="needed only when there is no .meta.json and it is not truth")
+    p.add_argument("--benchmark", choices=BENCHMARKS,
+                   help="needed only when there is no .meta.json and it is not truth")
     p.add_argument("--judge", choices=("api", "local", "none"),
-                   help="api: OpenAI-compatible endpoint (default for HH, truth); local: HF model; none: adv refusal ASR only (default for adv)")
+                   help="api: OpenAI-compatible endpoint (default for HH, truth); local: HF model; "
+                        "none: adv refusal ASR only (default for adv)")
     p.add_argument("--model-label", help="model name for the summary and report (default: from the .meta.json)")
-    p.add_argument("--pairwise", action="store_true", help="HH: also compare RAIN with vanilla, both orders (win/tie/lose)")
+    p.add_argument("--pairwise", action="store_true",
+                   help="HH: also compare RAIN with vanilla, both orders (win/tie/lose)")
     p.add_argument("--config", help="YAML with judge settings (top level or under 'judge:'); flags override it")
     api = p.add_argument_group("API judge")
     api.add_argument("--base-url", help="endpoint root, default https://api.openai.com/v1")
@@ -219,7 +223,8 @@ def _judge_parser() -> argparse.ArgumentParser:
     api.add_argument("--price-in", type=float, help="USD per million prompt tokens (for the cost estimate)")
     api.add_argument("--price-out", type=float, help="USD per million completion tokens")
     local = p.add_argument_group("local judge")
-    local.add_argument("--local-model", help="local HF model folder (Llama Guard, a TruthfulQA truth judge, a chat model)")
+    local.add_argument("--local-model",
+                       help="local HF model folder (Llama Guard, a TruthfulQA truth judge, a chat model)")
     local.add_argument("--local-info-model", help="truth: the TruthfulQA info judge folder")
     local.add_argument("--local-style", choices=("guard", "truthfulqa", "chat"),
                        help="guard (default HH/adv), truthfulqa (default truth), chat (our prompts on any chat model)")

@@ -165,7 +165,8 @@ ALLENAI_INFORMATIVE = Template(
 )
 
 TEMPLATES = {t.name: t for t in (HH_HARMLESS, HH_HELPFUL, HH_PAIRWISE, ADV_JAILBROKEN, TRUTH_TRUTHFUL,
-                                 TRUTH_INFORMATIVE, GUARD_HARMLESS, GUARD_JAILBROKEN, ALLENAI_TRUTHFUL, ALLENAI_INFORMATIVE)}
+                                 TRUTH_INFORMATIVE, GUARD_HARMLESS, GUARD_JAILBROKEN, ALLENAI_TRUTHFUL,
+                                 ALLENAI_INFORMATIVE)}
 
 
 def truth_references(record: dict) -> str:

@@ -41,7 +41,8 @@ def find_summaries(inputs: list[Path]) -> list[Path]:
         else:
             raise JudgeError(f"no summary for {path}: run `rain judge {path}` first, or pass its .summary.json")
     if not found:
-        raise JudgeError(f"no *.summary.json found in {', '.join(map(str, inputs))}: run `rain judge` on the results first")
+        named = ", ".join(map(str, inputs))
+        raise JudgeError(f"no *.summary.json found in {named}: run `rain judge` on the results first")
     return found
 
 

@@ -206,7 +206,8 @@ def format_summary(summary: dict) -> str:
     """A short table: one row per criterion, one column per answer kind."""
     kinds = list(summary["kinds"])
     names = sorted({name for kind in kinds for name in summary["rates"][kind]})
-    header = f"{summary['benchmark']} | {summary['model']} | {summary['n_records']} records, {summary['n_skipped']} skipped"
+    header = (f"{summary['benchmark']} | {summary['model']} | "
+              f"{summary['n_records']} records, {summary['n_skipped']} skipped")
     if not kinds:
         return header + "\n(no answers to score)"
     lines = [header, f"{'criterion':<26}" + "".join(f"{summary['kinds'][k]:>22}" for k in kinds)]
