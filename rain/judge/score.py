@@ -51,8 +51,7 @@ def score_results(results: Results, *, plan: ScoringPlan) -> list[dict]:
               for record in results.records]
     if plan.refusal:
         _score_refusal(scored)
-    for criterion in plan.criteria:
-        _score_criterion(scored, criterion=criterion, benchmark=results.benchmark)
+    _score_criteria(scored, criteria=plan.criteria, benchmark=results.benchmark)
     if results.benchmark == "truth":
         _score_truthful_and_informative(scored)
     if plan.pairwise is not None:
@@ -67,14 +66,19 @@ def _score_refusal(scored: list[dict]) -> None:
             scores["refusal_phrase"] = refusal_phrase(record[kind])
 
 
-def _score_criterion(scored: list[dict], *, criterion: Criterion, benchmark: str) -> None:
-    slots = [(record, kind) for record in scored for kind in record["scores"]]
-    questions = [Question.of(criterion.template, **_values(record, kind=kind, benchmark=benchmark))
-                 for record, kind in slots]
-    for (record, kind), verdict in zip(slots, criterion.judge.judge_all(questions)):
-        record["scores"][kind][criterion.name] = verdict.value
-        if verdict.unparseable:
-            record["scores"][kind]["unparseable"].append(criterion.name)
+def _score_criteria(scored: list[dict], *, criteria: tuple[Criterion, ...], benchmark: str) -> None:
+    """Ask every criterion of one judge in a single batch (so the concurrency limit stays busy)."""
+    by_judge: dict[int, list[Criterion]] = {}
+    for criterion in criteria:
+        by_judge.setdefault(id(criterion.judge), []).append(criterion)
+    for group in by_judge.values():
+        slots = [(criterion, record, kind) for criterion in group for record in scored for kind in record["scores"]]
+        questions = [Question.of(criterion.template, **_values(record, kind=kind, benchmark=benchmark))
+                     for criterion, record, kind in slots]
+        for (criterion, record, kind), verdict in zip(slots, group[0].judge.judge_all(questions)):
+            record["scores"][kind][criterion.name] = verdict.value
+            if verdict.unparseable:
+                record["scores"][kind]["unparseable"].append(criterion.name)
 
 
 def _values(record: dict, *, kind: str, benchmark: str) -> dict:
