@@ -139,3 +139,18 @@ def test_each_launcher_loads_its_benchmark_default_config(tiny_run):
     for benchmark in ("adv", "truth"):
         result = allocation(benchmark, "--merge-only", "--data", tiny_run / "missing.csv", cwd=tiny_run)
         assert result.returncode == 2 and "data file not found" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "rain"])
+def test_vanilla_only_and_rain_only_modes(tiny_run, tmp_path, mode):
+    from rain.config import load_config
+    from rain.records import RunPaths, collect
+    from rain.worker import Rank, run_shard
+
+    cfg = load_config([ROOT / "configs" / "hh.yaml", tiny_run / "tiny.yaml"],
+                      [f"run.mode={mode}", f"run.outdir={tmp_path}", "run.limit=1"])
+    assert run_shard(cfg, rank=Rank()) == 1
+    record = collect(RunPaths(tmp_path, "tiny"))[0]
+    answered, absent = ("pa", "raina") if mode == "vanilla" else ("raina", "pa")
+    assert isinstance(record[answered], str) and record[absent] is None
+    assert record["stats"][mode] is not None and record["stats"]["rain" if mode == "vanilla" else "vanilla"] is None

@@ -73,3 +73,44 @@ def build_tiny(folder: str | Path, style: str = "byte", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class HashEmbedder:
+    """A deterministic stand-in for MiniLM: character-trigram counts hashed into 32 dims, unit norm."""
+
+    def __init__(self, dims: int = 32):
+        self.dims, self.calls = dims, 0
+
+    def embed(self, texts):
+        import zlib
+
+        self.calls += 1
+        out = torch.zeros(len(texts), self.dims)
+        for i, text in enumerate(texts):
+            padded = f"  {text} "
+            for j in range(len(padded) - 2):
+                out[i, zlib.crc32(padded[j:j + 3].encode()) % self.dims] += 1.0
+        return torch.nn.functional.normalize(out + 1e-6, dim=-1)
+
+
+class EosAfter(torch.nn.Module):
+    """Wraps a causal LM so that EOS dominates every position from answer token `n` on (prompt of `prompt_len`)."""
+
+    def __init__(self, model, *, prompt_len: int, n: int, eos_id: int):
+        super().__init__()
+        self.inner, self.prompt_len, self.n, self.eos_id = model, prompt_len, n, eos_id
+        self.config, self.generation_config = model.config, model.generation_config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, cache=None, logits_to_keep=0, **kwargs):
+        past = cache.get_seq_length() if cache is not None else 0
+        out = self.inner(input_ids=input_ids, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
+        total = past + input_ids.shape[1]
+        keep = out.logits.shape[1]
+        for i in range(keep):
+            predicted_position = total - keep + i + 1  # absolute index of the token this row predicts
+            if predicted_position - self.prompt_len >= self.n:
+                out.logits[:, i, self.eos_id] += 1000.0
+        return out
