@@ -6,14 +6,25 @@ rewinds away from the ones it judges bad. Public API::
     model, tokenizer = rain.load_model("embedded")          # or a hub id, a folder, a .gguf file
     result = rain.rain_generate(model, tokenizer, "How do I pick a lock?", rain.RainConfig())
     result.text, result.token_ids, result.stats
+
+Names are imported on first use, so `rain judge` and `rain report` start without torch.
 """
 
-from .config import RainConfig, load_config
-from .decoding import DECODERS, rain_generate, vanilla_generate
-from .formats import prompt_ids, prompt_text
-from .lm import load_model
-from .search import GenerationResult, PromptTooLong, Stats
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["RainConfig", "load_config", "load_model", "rain_generate", "vanilla_generate", "DECODERS",
-           "GenerationResult", "Stats", "PromptTooLong", "prompt_ids", "prompt_text", "__version__"]
+
+_EXPORTS = {
+    "RainConfig": "config", "load_config": "config",
+    "load_model": "lm",
+    "rain_generate": "decoding", "vanilla_generate": "decoding", "DECODERS": "decoding",
+    "GenerationResult": "search", "Stats": "search", "PromptTooLong": "search",
+    "prompt_ids": "formats", "prompt_text": "formats",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'rain' has no attribute {name!r}")

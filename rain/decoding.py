@@ -66,10 +66,12 @@ def searcher(model, tokenizer, config: RainConfig, *, evaluator: Optional[Callab
 
 def rain_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,
                   seed: Optional[int] = None, evaluator: Optional[Callable] = None,
-                  embedder=None) -> GenerationResult:
-    """RAIN's answer. `evaluator(question, answer) -> float in [-1, 1]` replaces self-evaluation when given."""
+                  embedder=None, progress: Optional[Callable] = None) -> GenerationResult:
+    """RAIN's answer. `evaluator(question, answer) -> float in [-1, 1]` replaces self-evaluation when given;
+    `progress(stats, answer_so_far)` is called after every inner iteration."""
     config = config or RainConfig()
-    return searcher(model, tokenizer, config, evaluator=evaluator, embedder=embedder).generate(question, seed=seed)
+    search = searcher(model, tokenizer, config, evaluator=evaluator, embedder=embedder)
+    return search.generate(question, seed=seed, progress=progress)
 
 
 def vanilla_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,

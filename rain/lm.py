@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 KV = tuple  # tuple[tuple[Tensor, Tensor], ...] per layer, batch-first
 
@@ -59,7 +60,19 @@ class State:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure sampling functions (shared by both engines)
+# Pure functions (shared by both engines)
+
+def common_prefix(a: tuple, b: tuple) -> int:
+    """Length of the longest common prefix of two token tuples."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
+
 
 def topk_distribution(logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple:
     """logits [B, V] -> (probs [B, k] sorted descending and renormalised, ids [B, k])."""
@@ -113,13 +126,24 @@ class Engine:
     @torch.no_grad()
     def _forward(self, ids: torch.Tensor, kv: Optional[KV], keep: int = 1) -> tuple:
         """ids [B, T] on top of kv -> (float32 logits of the last `keep` positions [B, keep, V], new KV)."""
-        cache = DynamicCache(ddp_cache_data=kv, config=self.model.config) if kv is not None else DynamicCache(
-            config=self.model.config)
-        out = self.model(input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep)
+        out = self.model(input_ids=ids.to(self.device), cache=self._cache(kv), use_cache=True, logits_to_keep=keep)
         self.counters.forward_calls += 1
         self.counters.tokens_fed += ids.numel()
         new_kv = tuple((layer.keys, layer.values) for layer in out.cache.layers)
         return out.logits.float(), new_kv
+
+    def _cache(self, kv: Optional[KV]) -> DynamicCache:
+        """A DynamicCache over a snapshot. Plain layers take the tensors as they are (no copy); other layer
+        types (sliding windows) are filled through the public constructor."""
+        cache = DynamicCache(config=self.model.config)
+        if kv is None:
+            return cache
+        if len(cache.layers) != len(kv) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return DynamicCache(ddp_cache_data=kv, config=self.model.config)
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.lazy_initialization(k, v)
+            layer.keys, layer.values = k, v
+        return cache
 
     def _logits_of(self, tokens: tuple) -> torch.Tensor:
         """Next-token logits [V] after `tokens`, from scratch (no cache)."""
@@ -130,7 +154,8 @@ class Engine:
     def anchor(self, name: str, tokens) -> None:
         """Declare a prefix that later contexts will start with (the cached engine keeps its KV)."""
 
-    def state(self, tokens) -> State:
+    def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
+        """The context's next-token state; `keep_as` names it as an anchor for later contexts to reuse."""
         raise NotImplementedError
 
     def extend(self, state: State, tokens) -> State:
@@ -180,25 +205,29 @@ class CachedEngine(Engine):
 
     def anchor(self, name: str, tokens) -> None:
         tokens = tuple(tokens)
-        if name in self.anchors and self.anchors[name].tokens == tokens:
-            return
-        self.anchors[name] = self.state(tokens)
+        if name not in self.anchors or self.anchors[name].tokens != tokens:
+            self.anchors[name] = self.state(tokens)
 
-    def _best_anchor(self, tokens: tuple) -> Optional[State]:
-        best = None
-        for a in self.anchors.values():
-            if len(a.tokens) <= len(tokens) and tokens[:len(a.tokens)] == a.tokens:
-                if best is None or len(a.tokens) > len(best.tokens):
-                    best = a
-        return best
-
-    def state(self, tokens) -> State:
+    def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
+        """The context's state, reusing the anchor sharing the longest prefix (its KV cropped by slicing)."""
         tokens = tuple(tokens)
-        base = self._best_anchor(tokens)
-        if base is None:
+        best, shared = None, 0
+        for a in self.anchors.values():
+            n = common_prefix(a.tokens, tokens)
+            if n > shared:
+                best, shared = a, n
+        if best is not None and shared == len(tokens) == len(best.tokens):
+            result = best
+        elif best is None:
             logits, kv = self._forward(torch.tensor([tokens]), None)
-            return State(tokens, logits[0, -1].cpu(), kv)
-        return self.extend(base, tokens[len(base.tokens):])
+            result = State(tokens, logits[0, -1].cpu(), kv)
+        else:
+            shared = min(shared, len(tokens) - 1)  # feed at least one token, for the logits
+            base = State(tokens[:shared], best.logits, tuple((k[:, :, :shared], v[:, :, :shared]) for k, v in best.kv))
+            result = self.extend(base, tokens[shared:])
+        if keep_as:
+            self.anchors[keep_as] = result
+        return result
 
     def extend(self, state: State, tokens) -> State:
         tokens = tuple(tokens)
@@ -246,7 +275,7 @@ class CachedEngine(Engine):
 
     def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
         self.anchor("judge", prefix)
-        base = self.extend(self.anchors["judge"], tuple(middle))
+        base = self.state(tuple(prefix) + tuple(middle), keep_as="judge-last")
         lengths = [len(s) for s in suffixes]
         width = max(lengths)
         # Right padding needs no mask: a causal model's real positions never see later pads.
@@ -261,7 +290,7 @@ class CachedEngine(Engine):
 class ReferenceEngine(Engine):
     """Plain recompute: every distribution is one full forward from token 0, batch 1."""
 
-    def state(self, tokens) -> State:
+    def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
         tokens = tuple(tokens)
         return State(tokens, self._logits_of(tokens))
 

@@ -88,7 +88,9 @@ class Rain:
         self.judge_counter = judge_counter
 
     # ------------------------------------------------------------------ outer loop
-    def generate(self, question: str, *, seed: Optional[int] = None) -> GenerationResult:
+    def generate(self, question: str, *, seed: Optional[int] = None,
+                 progress: Optional[Callable] = None) -> GenerationResult:
+        """RAIN's answer to `question`. `progress(stats, answer_text)` is called after every inner iteration."""
         t0 = time.perf_counter()
         prompt = start_prompt(self.tokenizer, question, self.cfg)
         self.question, self.prompt = question, tuple(prompt)
@@ -105,6 +107,8 @@ class Rain:
             for _ in range(budget):
                 self._iterate(root)
                 self.stats.inner_iterations += 1
+                if progress:
+                    progress(self.stats, self.rules.text(self.tokenizer, self.answer))
                 best = most_visited(root)
                 if best and best.real_visits > self.s.min_visits and best.value > self.s.value_threshold:
                     break
@@ -182,7 +186,7 @@ class Rain:
         # 2. simulate: roll out to the end of the clause (or to EOS)
         state, rollout = None, []
         if not node.terminal:
-            state = self.engine.state(self.prompt + leaf_answer)
+            state = self.engine.state(self.prompt + leaf_answer, keep_as="leaf")
             rollout = self._rollout(state, leaf_answer)
         # 3. self-evaluate the partial answer
         value = self._evaluate(self._truncate(leaf_answer + tuple(rollout)))
