@@ -134,6 +134,9 @@ def _start_workers(cfg: RainConfig, paths: RunPaths, todo: list[int], *, nump: i
     workers = min(nump, len(todo))
     placement = gpu_groups(visible_gpus(), workers)
     print(f"rain: {len(todo)} prompts to answer; {placement.note}", flush=True)
+    if any(len(group) > 1 for group in placement.groups) and cfg.model.device_map is None:
+        print("rain: note: model.device_map is null, so each worker uses only the first GPU of its group; "
+              "set model.device_map=auto to spread a large model over the group", flush=True)
     paths.parts.mkdir(parents=True, exist_ok=True)
     config_file, plan_file = paths.parts / "launch-config.json", paths.parts / "launch-plan.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
@@ -154,7 +157,9 @@ def _wait(procs: list[subprocess.Popen], paths: RunPaths, *, total: int, done: i
     progress = ShardProgress([paths.shard(rank=r, world=len(procs)) for r in range(len(procs))])
     with tqdm(total=total, initial=done, desc=paths.name, unit="prompt", dynamic_ncols=True) as bar:
         while any(p.poll() is None for p in procs):
-            bar.update(progress.poll())
+            new = progress.poll()
+            if new:
+                bar.update(new)
             time.sleep(poll_s)
         bar.update(progress.poll())
     return [p.returncode for p in procs]
@@ -263,3 +268,4 @@ def launcher_main(argv: Optional[list[str]] = None, *, benchmark: str, default_c
     except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError; config errors name the value
         print(f"rain: error: {err}", file=sys.stderr)
         return 2
+

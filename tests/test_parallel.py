@@ -148,3 +148,4 @@ def test_launcher_cli_errors_are_messages_not_crashes(tmp_path, fake_env, capsys
     assert "search.max_iterations must be >= 1, got 0" in capsys.readouterr().err
     assert launcher_main(["--run.benchmark=adv"], benchmark="HH", default_config=default) == 2
     assert "use ../adv/allocation.py" in capsys.readouterr().err
+
