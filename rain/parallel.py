@@ -204,6 +204,11 @@ def launch(cfg: RainConfig, *, nump: int, answerer: Optional[str] = None, poll_s
             return 130
         if _report_failures(codes, paths):
             return 1
+        missing = sorted(set(todo) - done_ids(paths))
+        if missing:
+            print(f"rain: the workers exited normally but {len(missing)} prompts have no record (first ids: "
+                  f"{missing[:5]}); rerun the same command to answer them", file=sys.stderr)
+            return 1
     else:
         print(f"rain: all {len(ids)} prompts are already answered", flush=True)
     merged = merge(paths, ids=ids)
