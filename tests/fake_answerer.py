@@ -2,7 +2,8 @@
 
 The answer is a function of the prompt and the per-prompt seed, so the merged output is the same
 for any number of workers. Ids listed in the FAKE_FAIL_IDS environment variable (comma-separated)
-make the worker raise, to test failure reporting; this switch lives in the tests only.
+make the worker raise, to test failure reporting; this switch lives in the tests only. Each record
+also says which GPUs its worker was given (`worker_gpus`), to check the launcher's placement.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def make(cfg):
         if item.id in fail:
             raise RuntimeError(f"fake failure on prompt id {item.id}")
         seed = cfg.search.seed + item.id
-        return ok_record(item, question=f"Human: {item.prompt}\nAssistant:", seed=seed,
+        record = ok_record(item, question=f"Human: {item.prompt}\nAssistant:", seed=seed,
                          rain=FakeResult(f"rain answer {seed} to {item.prompt}", FakeStats()),
                          vanilla=FakeResult(f"vanilla answer to {item.prompt}", FakeStats()))
+        return {**record, "worker_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     return answer

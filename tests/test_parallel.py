@@ -104,6 +104,14 @@ def test_two_workers_merge_every_prompt_in_id_order(tmp_path, fake_env, capsys):
     assert str(paths.merged) in capsys.readouterr().out
 
 
+def test_each_worker_process_sees_only_its_gpu_group(tmp_path, fake_env, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # the fake workers never start CUDA
+    assert launch(config(tmp_path), nump=2, answerer="fake_answerer:make", poll_s=0.05) == 0
+    merged = json.loads(RunPaths(tmp_path / "out", "t").merged.read_text())
+    assert {r["id"]: r["worker_gpus"] for r in merged} == {i: "0,1" if i % 2 == 0 else "2,3" for i in range(7)}
+    assert "GPU groups 0,1 2,3" in capsys.readouterr().out
+
+
 def test_failed_worker_is_reported_others_kept_and_rerun_resumes(tmp_path, fake_env, monkeypatch, capsys):
     cfg = config(tmp_path)
     paths = RunPaths(tmp_path / "out", "t")
