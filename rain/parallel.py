@@ -177,13 +177,32 @@ def _report_failures(codes: list[int], paths: RunPaths) -> int:
     return len(failed)
 
 
+def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: int, nump: int,
+                 answerer: Optional[str], poll_s: float) -> int:
+    """Start the workers on the unfinished prompts and check them; returns the exit status (0: all done)."""
+    procs = _start_workers(cfg, paths, todo, nump=nump, answerer=answerer)
+    try:
+        codes = _wait(procs, paths, total=total, done=total - len(todo), poll_s=poll_s)
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+        print("rain: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if _report_failures(codes, paths):
+        return 1
+    missing = sorted(set(todo) - done_ids(paths))
+    if missing:
+        print(f"rain: the workers exited normally but {len(missing)} prompts have no record (first ids: "
+              f"{missing[:5]}); rerun the same command to answer them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def launch(cfg: RainConfig, *, nump: int, answerer: Optional[str] = None, poll_s: float = 1.0) -> int:
     """Run the benchmark described by `cfg` on `nump` workers; returns the exit status (0: merged)."""
-    if nump < 1:
-        print(f"rain: --nump must be >= 1, got {nump}", file=sys.stderr)
-        return 2
     paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
-    problem = check_writable(paths.outdir)
+    problem = f"--nump must be >= 1, got {nump}" if nump < 1 else check_writable(paths.outdir)
     if problem:
         print(f"rain: {problem}", file=sys.stderr)
         return 2
@@ -193,24 +212,12 @@ def launch(cfg: RainConfig, *, nump: int, answerer: Optional[str] = None, poll_s
     ids = [item.id for item in load_items(cfg.run)]
     finished = done_ids(paths)
     todo = [i for i in ids if i not in finished]
-    if todo:
-        procs = _start_workers(cfg, paths, todo, nump=nump, answerer=answerer)
-        try:
-            codes = _wait(procs, paths, total=len(ids), done=len(ids) - len(todo), poll_s=poll_s)
-        except KeyboardInterrupt:
-            for proc in procs:
-                proc.terminate()
-            print("rain: interrupted; rerun the same command to resume", file=sys.stderr)
-            return 130
-        if _report_failures(codes, paths):
-            return 1
-        missing = sorted(set(todo) - done_ids(paths))
-        if missing:
-            print(f"rain: the workers exited normally but {len(missing)} prompts have no record (first ids: "
-                  f"{missing[:5]}); rerun the same command to answer them", file=sys.stderr)
-            return 1
-    else:
+    if not todo:
         print(f"rain: all {len(ids)} prompts are already answered", flush=True)
+    status = _answer_todo(cfg, paths, todo, total=len(ids), nump=nump, answerer=answerer,
+                          poll_s=poll_s) if todo else 0
+    if status:
+        return status
     merged = merge(paths, ids=ids)
     print(f"rain: merged {len(ids)} records into {merged}", flush=True)
     return 0

@@ -175,10 +175,13 @@ def first_human_turn(transcript: str) -> Optional[str]:
     return text[human + len("Human:"):assistant].strip()
 
 
+HH_FIELDS = ("transcript", "chosen", "rejected")
+"""Transcript fields of hh-rlhf files, in order of preference (red-team-attempts has `transcript`)."""
+
+
 def hh_item(row: Row) -> tuple[str, dict]:
-    names = [n for n in ("transcript", "chosen", "rejected") if n in row.data][:1] or ["transcript", "chosen", "rejected"]
-    name = names[0]
-    question = first_human_turn(_field(row, tuple(names)))
+    name = next((n for n in HH_FIELDS if n in row.data), None)
+    question = first_human_turn(_field(row, (name,) if name else HH_FIELDS))
     if not question:
         raise DataError(f"{row.where}: field {name!r} has no 'Human: ... Assistant:' turn")
     return question, {}
