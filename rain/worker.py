@@ -133,11 +133,12 @@ def todo_items(items: list[Item], paths: RunPaths, *, rank: Rank, plan: Optional
     return [by_id[i] for i in candidates[rank.rank::rank.world] if i not in done]
 
 
-def run_shard(cfg: RainConfig, *, rank: Rank, plan: Optional[list[int]] = None,
+def run_shard(cfg: RainConfig, *, rank: Rank, items: Optional[list[Item]] = None, plan: Optional[list[int]] = None,
               make_answerer: Callable[[RainConfig], Answerer] = default_answerer) -> int:
-    """Answer this rank's unfinished prompts, appending each record at once; returns how many were written."""
+    """Answer this rank's unfinished prompts (of `items`, default: the run's selection), appending each
+    record at once; returns how many were written."""
     paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
-    items = load_items(cfg.run)
+    items = load_items(cfg.run) if items is None else items
     todo = todo_items(items, paths, rank=rank, plan=plan)
     shard = paths.shard(rank=rank.rank, world=rank.world)
     print(f"[rank {rank.rank}/{rank.world}] {len(todo)} prompts to answer -> {shard}", flush=True)
@@ -153,10 +154,10 @@ def run_shard(cfg: RainConfig, *, rank: Rank, plan: Optional[list[int]] = None,
     return len(todo)
 
 
-def merge_if_complete(cfg: RainConfig) -> Optional[Path]:
+def merge_if_complete(cfg: RainConfig, *, items: list[Item]) -> Optional[Path]:
     """Write the merged JSON if every selected prompt is finished (used by torchrun ranks)."""
     paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
-    ids = [item.id for item in load_items(cfg.run)]
+    ids = [item.id for item in items]
     if not set(ids) <= done_ids(paths):
         return None
     return merge(paths, ids=ids)
@@ -181,18 +182,24 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point; a bad config, data file or header is one message and exit status 2."""
     args, overrides = parse_args(argv)
-    cfg = load_config(args.config, overrides)
-    env_rank = rank_from_env()
     under_launcher = args.rank is not None
-    rank = Rank(rank=args.rank, world=args.world or 1) if under_launcher else (env_rank or Rank())
+    rank = Rank(rank=args.rank, world=args.world or 1) if under_launcher else (rank_from_env() or Rank())
+    try:
+        cfg = load_config(args.config, overrides)
+        items = load_items(cfg.run)
+        if not under_launcher:  # the launcher wrote the header already
+            write_or_check_meta(RunPaths(Path(cfg.run.outdir), run_name(cfg)), cfg, hardware=hardware())
+    except (ValueError, FileNotFoundError) as err:  # these name the file, line, field or value
+        print(f"rain.worker: error: {err}", file=sys.stderr)
+        return 2
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))["ids"] if args.plan else None
     if not under_launcher:
-        write_or_check_meta(RunPaths(Path(cfg.run.outdir), run_name(cfg)), cfg, hardware=hardware())
         cfg = place_on_local_gpu(cfg, rank)
-    run_shard(cfg, rank=rank, plan=plan, make_answerer=load_answerer(args.answerer))
+    run_shard(cfg, rank=rank, items=items, plan=plan, make_answerer=load_answerer(args.answerer))
     if not under_launcher:
-        merged = merge_if_complete(cfg)
+        merged = merge_if_complete(cfg, items=items)
         note = f"merged output: {merged}" if merged else "other ranks still running; the last one merges"
         print(f"[rank {rank.rank}/{rank.world}] {note}", flush=True)
     return 0

@@ -157,3 +157,12 @@ def test_launcher_cli_errors_are_messages_not_crashes(tmp_path, fake_env, capsys
     assert launcher_main(["--run.benchmark=adv"], benchmark="HH", default_config=default) == 2
     assert "use ../adv/allocation.py" in capsys.readouterr().err
 
+
+
+def test_worker_entry_reports_a_bad_data_file_in_one_line(tmp_path, capsys):
+    from rain.worker import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: x"}\n[1, 2]\n')
+    assert main([f"run.data={bad}", f"run.outdir={tmp_path}"]) == 2
+    assert f"{bad}, line 2: expected a JSON object, got list" in capsys.readouterr().err
