@@ -78,6 +78,8 @@ class SearchConfig:
     """Total token limit, prompt plus answer (official maxlen)."""
     max_new_tokens: Optional[int] = None
     """Optional limit on answer tokens (None: only max_length limits, as in the official code)."""
+    max_total_iterations: Optional[int] = None
+    """Optional compute cap: after this many inner iterations in one answer, commit and stop (None: no cap)."""
     max_iterations: int = 50
     """Root visits are topped up to this many per committed segment (official maxT)."""
     min_fresh_iterations: int = 15
@@ -126,6 +128,8 @@ class SearchConfig:
         _check(self.max_length >= 2, "search.max_length", ">= 2", self.max_length)
         _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "search.max_new_tokens",
                "null or >= 1", self.max_new_tokens)
+        _check(self.max_total_iterations is None or self.max_total_iterations >= 1, "search.max_total_iterations",
+               "null or >= 1", self.max_total_iterations)
         _check(self.max_iterations >= 1, "search.max_iterations", ">= 1", self.max_iterations)
         _check(self.min_fresh_iterations >= 1, "search.min_fresh_iterations", ">= 1", self.min_fresh_iterations)
         _check(self.min_visits >= 0, "search.min_visits", ">= 0", self.min_visits)

@@ -202,11 +202,13 @@ class CachedEngine(Engine):
     def __init__(self, model, *, pad_id: int = 0):
         super().__init__(model, pad_id=pad_id)
         self.anchors: dict = {}
+        self.anchor_builds: dict = {}  # name -> how many times that anchor was (re)computed
 
     def anchor(self, name: str, tokens) -> None:
         tokens = tuple(tokens)
         if name not in self.anchors or self.anchors[name].tokens != tokens:
             self.anchors[name] = self.state(tokens)
+            self.anchor_builds[name] = self.anchor_builds.get(name, 0) + 1
 
     def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
         """The context's state, reusing the anchor sharing the longest prefix (its KV cropped by slicing)."""

@@ -101,9 +101,12 @@ class Rain:
         self.answer: tuple = ()
         root = Node(depth=0)
         self.engine.anchor("prefix", self.prompt)
+        cap = self.s.max_total_iterations
         while not self._answer_done(self.answer):
             # 1. search: top the root's visits up to max_iterations, with at least min_fresh_iterations new ones
             budget = max(self.s.max_iterations - root.real_visits, self.s.min_fresh_iterations)
+            if cap is not None:
+                budget = min(budget, cap - self.stats.inner_iterations)
             for _ in range(budget):
                 self._iterate(root)
                 self.stats.inner_iterations += 1
@@ -126,6 +129,8 @@ class Rain:
             if root.children:
                 mix_priors(root, self.s.root_prior_mix)
             self.engine.anchor("prefix", self.prompt + self.answer)
+            if cap is not None and self.stats.inner_iterations >= cap:
+                break
         self._fill_stats(before, embeds_before, judge_before, t0)
         answer = self._truncate(self.answer)
         return GenerationResult(self.rules.text(self.tokenizer, answer), list(answer),
