@@ -100,6 +100,8 @@ class SearchConfig:
     """Per-token top-k filter when sampling multi-token candidates."""
     sample_attempts: int = 9
     """Sampled candidates drawn per expansion before deduplication (official: HH/truth 9, adv 19)."""
+    widen_sample_attempts: int = 1
+    """Sampled candidates drawn when widening a multi-token node, beside the greedy one (official: HH/truth 1, adv 3)."""
     temperature: float = 1.0
     """Candidate sampling temperature, applied before the top-k filter (official adv: 2.0)."""
     root_prior_mix: float = 0.25
@@ -141,6 +143,7 @@ class SearchConfig:
         _check(self.num_candidates >= 1, "search.num_candidates", ">= 1", self.num_candidates)
         _check(self.sample_topk >= 1, "search.sample_topk", ">= 1", self.sample_topk)
         _check(self.sample_attempts >= 0, "search.sample_attempts", ">= 0", self.sample_attempts)
+        _check(self.widen_sample_attempts >= 1, "search.widen_sample_attempts", ">= 1", self.widen_sample_attempts)
         _check(self.temperature > 0, "search.temperature", "> 0", self.temperature)
         _check(0.0 <= self.root_prior_mix <= 1.0, "search.root_prior_mix", "in [0, 1]", self.root_prior_mix)
         _check(-1.0 <= self.similarity_threshold <= 1.0, "search.similarity_threshold", "in [-1, 1]",

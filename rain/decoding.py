@@ -33,9 +33,9 @@ class _CountingEngine:
     def __init__(self, engine):
         self.engine, self.counters = engine, Counters()
 
-    def last_probs(self, prefix, middle, suffixes):
+    def last_probs(self, anchor, shared, tails):
         before = self.engine.counters.snapshot()
-        out = self.engine.last_probs(prefix, middle, suffixes)
+        out = self.engine.last_probs(anchor, shared, tails)
         used = self.engine.counters.minus(before)
         self.counters.forward_calls += used.forward_calls
         self.counters.tokens_fed += used.tokens_fed

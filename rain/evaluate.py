@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .config import JudgeConfig
 from .formats import read_prompt
-from .lm import Engine
+from .lm import Engine, common_prefix
 
 SENTINEL = "\u0000RAIN-CONTENT\u0000"
 
@@ -76,7 +76,8 @@ class SelfEvaluator:
             body, _, lead = text.rpartition("\n")
             self.blocks.append((text, body.rstrip("\r"), lead))
         self.prefix_text = self.head + instruction.rstrip("\r\n") + "\n\n"
-        self.prefix_ids = tokenizer(self.prefix_text, add_special_tokens=cfg.format != "chat")["input_ids"]
+        # the fixed part, prefilled once per process; each judged prompt reuses the longest common prefix
+        self.prefix_ids = tuple(tokenizer(self.prefix_text, add_special_tokens=cfg.format != "chat")["input_ids"])
         self.good = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.good_options)]
         self.bad = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.bad_options)]
         self.calls = 0
@@ -97,20 +98,20 @@ class SelfEvaluator:
             return conversation + "\n" + body + self.tail + lead
         return conversation + "\n" + text
 
-    def _split_tokens(self, conversation: str) -> tuple:
-        """Token ids after the fixed prefix: (shared part, per-order tails), each order tokenized as one text."""
-        rows = [self.tokenizer(self._suffix(i, conversation), add_special_tokens=False)["input_ids"]
+    def _rows(self, conversation: str) -> tuple:
+        """Each order's whole prompt tokenized as one text (as the official code does), split into the
+        tokens all orders share and each order's tail (at least one token)."""
+        special = self.cfg.format != "chat"
+        rows = [self.tokenizer(self.prefix_text + self._suffix(i, conversation), add_special_tokens=special)["input_ids"]
                 for i in range(len(self.blocks))]
-        shared = 0
-        while all(shared < len(r) - 1 for r in rows) and len({r[shared] for r in rows}) == 1:
-            shared += 1
-        return rows[0][:shared], [r[shared:] for r in rows]
+        shared = min(common_prefix(rows[0], r) for r in rows[1:]) if len(rows) > 1 else len(rows[0]) - 1
+        shared = min(shared, min(len(r) for r in rows) - 1)
+        return tuple(rows[0][:shared]), [r[shared:] for r in rows]
 
     def judge(self, question: str, answer: str) -> Verdict:
         self.calls += 1
-        conversation = render_conversation(question, answer, self.cfg.conversation)
-        middle, tails = self._split_tokens(conversation)
-        probs = self.engine.last_probs(self.prefix_ids, middle, tails)
+        shared, tails = self._rows(render_conversation(question, answer, self.cfg.conversation))
+        probs = self.engine.last_probs(self.prefix_ids, shared, tails)
         p_good, votes = [], []
         for i in range(len(tails)):
             good = max(float(probs[i, t]) for t in self.good[i])

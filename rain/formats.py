@@ -107,11 +107,12 @@ class AnswerRules:
             return True
         return bool(self.turn_marker) and self.turn_marker in tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def clause_ended(self, tokenizer, ids) -> bool:
-        """The rollout stop of rollout=clause: the text ends a clause, or the answer is finished."""
+    def clause_ended(self, tokenizer, ids, *, before: str = "") -> bool:
+        """The rollout stop of rollout=clause: the text (the answer, or `before` it while the answer is
+        empty) ends with a clause character, or the answer is finished."""
         if ids and ids[-1] in self.stop_ids:
             return True
-        text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        text = tokenizer.decode(list(ids), skip_special_tokens=True) or before
         if self.turn_marker and self.turn_marker in text:
             return True
         return bool(text) and text[-1] in self.stop_chars

@@ -168,11 +168,12 @@ class Engine:
 
     def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
         """Continue `state` one token at a time: sampled (full softmax, T=1) with `generator`, else greedy.
-        Stops when done(new_tokens) or after max_tokens. -> new tokens."""
+        Stops when done(new_tokens) (also tested before the first token) or after max_tokens. -> new tokens."""
         raise NotImplementedError
 
-    def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
-        """Next-token probabilities [len(suffixes), V] after prefix + middle + suffix_i for each i."""
+    def last_probs(self, anchor, shared, tails: list) -> torch.Tensor:
+        """Next-token probabilities [len(tails), V] after shared + tail_i for each i. `anchor` is a fixed
+        prefix that many calls share (the judge's instruction and examples): the cached engine keeps it."""
         raise NotImplementedError
 
     # -- helper for both --
@@ -202,6 +203,8 @@ class CachedEngine(Engine):
     def __init__(self, model, *, pad_id: int = 0):
         super().__init__(model, pad_id=pad_id)
         self.anchors: dict = {}
+        # Cropping a cache by slicing is exact for plain layers only (not for sliding windows).
+        self.can_crop = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
         self.anchor_builds: dict = {}  # name -> how many times that anchor was (re)computed
 
     def anchor(self, name: str, tokens) -> None:
@@ -216,7 +219,7 @@ class CachedEngine(Engine):
         best, shared = None, 0
         for a in self.anchors.values():
             n = common_prefix(a.tokens, tokens)
-            if n > shared:
+            if n > shared and (self.can_crop or n == len(a.tokens)):
                 best, shared = a, n
         if best is not None and shared == len(tokens) == len(best.tokens):
             result = best
@@ -260,6 +263,8 @@ class CachedEngine(Engine):
         return [(tuple(s), float(pr)) for s, pr in zip(seqs, probs)]
 
     def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
+        if done([]):
+            return []
         new: list = []
         logits, kv = state.logits.unsqueeze(0), state.kv
         while len(new) < max_tokens:
@@ -275,18 +280,17 @@ class CachedEngine(Engine):
             logits = out[:, -1].cpu()
         return new
 
-    def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
-        self.anchor("judge", prefix)
-        base = self.state(tuple(prefix) + tuple(middle), keep_as="judge-last")
-        lengths = [len(s) for s in suffixes]
+    def last_probs(self, anchor, shared, tails: list) -> torch.Tensor:
+        self.anchor("judge", anchor)
+        base = self.state(shared, keep_as="judge-last")
+        lengths = [len(t) for t in tails]
         width = max(lengths)
         # Right padding needs no mask: a causal model's real positions never see later pads.
-        ids = torch.tensor([list(s) + [self.pad_id] * (width - len(s)) for s in suffixes])
-        kv = tuple((k.expand(len(suffixes), -1, -1, -1), v.expand(len(suffixes), -1, -1, -1)) for k, v in base.kv)
+        ids = torch.tensor([list(t) + [self.pad_id] * (width - len(t)) for t in tails])
+        kv = tuple((k.expand(len(tails), -1, -1, -1), v.expand(len(tails), -1, -1, -1)) for k, v in base.kv)
         logits, _ = self._forward(ids, kv, keep=width)
-        rows = torch.arange(len(suffixes))
-        last = torch.tensor(lengths) - 1
-        return torch.softmax(logits[rows, last].cpu(), dim=-1)
+        rows = torch.arange(len(tails))
+        return torch.softmax(logits[rows, torch.tensor(lengths) - 1].cpu(), dim=-1)
 
 
 class ReferenceEngine(Engine):
@@ -317,6 +321,8 @@ class ReferenceEngine(Engine):
         return out
 
     def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
+        if done([]):
+            return []
         new: list = []
         logits = state.logits
         while len(new) < max_tokens:
@@ -331,9 +337,8 @@ class ReferenceEngine(Engine):
             logits = self._logits_of(state.tokens + tuple(new))
         return new
 
-    def last_probs(self, prefix, middle, suffixes: list) -> torch.Tensor:
-        base = tuple(prefix) + tuple(middle)
-        return torch.stack([torch.softmax(self._logits_of(base + tuple(s)), dim=-1) for s in suffixes])
+    def last_probs(self, anchor, shared, tails: list) -> torch.Tensor:
+        return torch.stack([torch.softmax(self._logits_of(tuple(shared) + tuple(t)), dim=-1) for t in tails])
 
 
 def make_engine(model, tokenizer, kind: str = "cached") -> Engine:

@@ -94,6 +94,7 @@ class Rain:
         t0 = time.perf_counter()
         prompt = start_prompt(self.tokenizer, question, self.cfg)
         self.question, self.prompt = question, tuple(prompt)
+        self.prompt_end = self.tokenizer.decode(prompt, skip_special_tokens=True)[-1:]  # a clause may end there
         self.gen = torch.Generator().manual_seed(self.s.seed if seed is None else seed)
         self.stats, self.memo, self.bounds, trace = Stats(), {}, ValueBounds(), []
         before, embeds_before = self.engine.counters.snapshot(), self.embedder.calls
@@ -180,9 +181,7 @@ class Rain:
         # 1. select a leaf, widening crowded bad nodes on the way down
         node = root
         while node.children:
-            if node.terminal is not True and needs_widening(node, max_children=self.s.widen_max_children,
-                                                            variance_scale=self.s.widen_variance):
-                self._widen(node, root)
+            self._maybe_widen(node, root)
             node = select_child(node, c=self.s.c_puct, bounds=self.bounds, unvisited=self.s.unvisited_value)
         path = node.path_from(root)
         leaf_answer = self.answer + tuple(t for n in path for t in n.tokens)
@@ -205,7 +204,8 @@ class Rain:
     def _rollout(self, state, leaf_answer: tuple) -> list:
         room = self._room(leaf_answer)
         if self.s.rollout == "clause":
-            done = lambda new: self.rules.clause_ended(self.tokenizer, leaf_answer + tuple(new))  # noqa: E731
+            done = lambda new: self.rules.clause_ended(self.tokenizer, leaf_answer + tuple(new),  # noqa: E731
+                                                       before=self.prompt_end)
         else:
             done = lambda new: self.rules.finished(self.tokenizer, leaf_answer + tuple(new))  # noqa: E731
         return self.engine.decode(state, max_tokens=room, done=done, generator=self.gen)
@@ -243,10 +243,11 @@ class Rain:
         mix = self.s.root_prior_mix if is_root else 0.0
         length = self._segment_length(node.depth, room)
         if length == 1:
-            probs, ids = topk_distribution(state.logits.unsqueeze(0),
-                                           max(self.s.num_candidates, self.s.widen_max_children), self.s.temperature)
+            # children: the top num_candidates at the sampling temperature; kept for widening: the ranking at T = 1
+            probs, ids = topk_distribution(state.logits.unsqueeze(0), self.s.num_candidates, self.s.temperature)
+            add_children(node, [((int(t),), float(p)) for t, p in zip(ids[0], probs[0])], uniform_mix=mix)
+            probs, ids = topk_distribution(state.logits.unsqueeze(0), max(self.s.widen_max_children, 1))
             node.candidates = [((int(t),), float(p)) for t, p in zip(ids[0], probs[0])]
-            add_children(node, node.candidates[:self.s.num_candidates], uniform_mix=mix)
             return
         node.candidates = self._propose(state, length, samples=self.s.sample_attempts,
                                         keep=self.s.num_candidates)
@@ -267,15 +268,19 @@ class Rain:
         clamped = clamp_greedy(greedy[1], [p for _, p in sampled])
         return [(greedy[0], clamped)] + sampled
 
-    def _widen(self, node: Node, root: Node) -> None:
-        """Dynamic widening: one more single-token child from the ranked list, or fresh greedy + 1 sample."""
+    def _maybe_widen(self, node: Node, root: Node) -> None:
+        """Dynamic widening: one more single-token child from the stored ranking, or fresh greedy + samples."""
+        path = node.path_from(root)
+        answer = self.answer + tuple(t for n in path for t in n.tokens)
+        length = self._segment_length(node.depth, self._room(answer))
+        if not needs_widening(node, segment_length=length, max_children=self.s.widen_max_children,
+                              variance_scale=self.s.widen_variance):
+            return
         mix = self.s.root_prior_mix if node is root else 0.0
-        first = next(iter(node.children.values()))
-        if len(first.tokens) == 1 and len(node.candidates) > len(node.children):
+        if length == 1:
             widen_with(node, node.candidates, uniform_mix=mix)
         else:
-            path = node.path_from(root)
-            tokens = self.prompt + self.answer + tuple(t for n in path for t in n.tokens)
-            fresh = self._propose(self.engine.state(tokens), len(first.tokens), samples=1, keep=2)
+            fresh = self._propose(self.engine.state(self.prompt + answer), length,
+                                  samples=self.s.widen_sample_attempts, keep=2)
             widen_with(node, fresh + node.candidates, uniform_mix=mix)
         self.stats.widenings += 1

@@ -104,39 +104,39 @@ def add_children(node: Node, candidates: list, *, uniform_mix: float = 0.0) -> N
 
 
 def mix_priors(node: Node, weight: float) -> None:
-    """After a commit: the new root's children get (1 - w) p + w / n."""
+    """After a commit: the new root's children get (1 - w) p + w / n, renormalised to sum 1."""
     n = len(node.children)
-    for child in node.children.values():
-        child.prior = (1.0 - weight) * child.prior + weight / n
+    mixed = [(1.0 - weight) * child.prior + weight / n for child in node.children.values()]
+    total = sum(mixed)
+    for child, prior in zip(node.children.values(), mixed):
+        child.prior = prior / total
 
 
 def widen_with(node: Node, ranked: list, *, uniform_mix: float = 0.0) -> list:
-    """Dynamic widening: keep the first k+1 of `ranked` (k = current children), add those not yet children.
-    New children's priors come from renormalising the kept k+1; existing children keep theirs. -> added nodes."""
-    kept = []
-    for segment, p in ranked:
-        if segment not in [s for s, _ in kept]:
-            kept.append((segment, p))
-        if len(kept) == len(node.children) + 1:
-            break
-    priors = normalised_priors([p for _, p in kept], uniform_mix=uniform_mix)
+    """Dynamic widening, as the official `add`: the first k+1 entries of `ranked` (k = current children,
+    duplicates included) get priors renormalised over that window; those not yet children are added
+    (existing children keep their priors). `ranked` becomes the node's stored candidate list. -> added nodes."""
+    window = ranked[:len(node.children) + 1]
+    priors = normalised_priors([p for _, p in window], uniform_mix=uniform_mix)
     added = []
-    for (segment, _), prior in zip(kept, priors):
+    for (segment, _), prior in zip(window, priors):
         if segment not in node.children:
             child = Node(tokens=segment, prior=prior, depth=node.depth + 1, parent=node)
             node.children[segment] = child
             added.append(child)
-    node.candidates = kept + [(s, p) for s, p in node.candidates if s not in dict(kept)]
+    node.candidates = list(ranked)
     return added
 
 
-def needs_widening(node: Node, *, max_children: int, variance_scale: float) -> bool:
-    """Fewer than max_children, every child embedded, children too similar, and all of them look bad."""
+def needs_widening(node: Node, *, segment_length: int, max_children: int, variance_scale: float) -> bool:
+    """Fewer than max_children, every child embedded, children too similar (the norm of their embeddings'
+    unbiased variance < variance_scale * segment_length), and all of them look bad (max value < 0).
+    A single child has no variance: never widened (the official torch.var gives NaN)."""
     children = list(node.children.values())
-    if not children or len(children) >= max_children or any(ch.embedding is None for ch in children):
+    if len(children) < 2 or len(children) >= max_children or any(ch.embedding is None for ch in children):
         return False
-    spread = torch.stack([ch.embedding for ch in children]).var(dim=0, unbiased=False).norm().item()
-    return spread < variance_scale * len(children[0].tokens) and max(ch.value for ch in children) < 0
+    spread = torch.stack([ch.embedding for ch in children]).var(dim=0, unbiased=True).norm().item()
+    return spread < variance_scale * segment_length and max(ch.value for ch in children) < 0
 
 
 def backup(leaf: Node, root: Node, value: float, embeddings: list, *, bounds: ValueBounds,

@@ -104,11 +104,15 @@ def test_batched_segments_match_one_at_a_time(tiny_model):
 
 def test_judge_orders_match_separate_passes(tiny_model):
     model, tok = tiny_model
-    prefix, middle = tuple(range(5, 40)), (50, 51, 52)
-    suffixes = [[60, 61], [62, 63, 64, 65]]
-    fast = CachedEngine(model).last_probs(prefix, middle, suffixes)
-    ref = ReferenceEngine(model).last_probs(prefix, middle, suffixes)
-    assert torch.allclose(fast, ref, atol=1e-5)
+    anchor = tuple(range(5, 40))
+    tails = [[60, 61], [62, 63, 64, 65]]
+    engine = CachedEngine(model)
+    for shared in (anchor + (50, 51, 52),  # the anchor is a prefix
+                   anchor[:-2] + (90, 91, 50)):  # differs at the boundary: the anchor's cache is cropped
+        fast = engine.last_probs(anchor, shared, tails)
+        ref = ReferenceEngine(model).last_probs(anchor, shared, tails)
+        assert torch.allclose(fast, ref, atol=1e-5)
+    assert engine.anchor_builds["judge"] == 1
 
 
 def test_judge_prefix_is_prefilled_once_per_process(tiny_model):

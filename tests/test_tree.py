@@ -106,14 +106,25 @@ def make_widenable(values, embeddings):
     return node
 
 
+def widens(values, embeddings, *, segment_length=1, max_children=20):
+    return needs_widening(make_widenable(values, embeddings), segment_length=segment_length,
+                          max_children=max_children, variance_scale=0.03)
+
+
 def test_widening_needs_similar_children_that_all_look_bad():
     same = [[1.0, 0.0], [1.0, 0.0]]
-    assert needs_widening(make_widenable([-0.5, -0.2], same), max_children=20, variance_scale=0.03)
-    assert not needs_widening(make_widenable([-0.5, 0.0], same), max_children=20, variance_scale=0.03)
-    assert not needs_widening(make_widenable([-0.5, -0.2], [[1.0, 0.0], [0.0, 1.0]]), max_children=20,
-                              variance_scale=0.03)  # variance norm 0.354 > 0.03
-    assert not needs_widening(make_widenable([-0.5, -0.2], [[1.0, 0.0], None]), max_children=20, variance_scale=0.03)
-    assert not needs_widening(make_widenable([-0.5, -0.2], same), max_children=2, variance_scale=0.03)
+    assert widens([-0.5, -0.2], same)
+    assert not widens([-0.5, 0.0], same)  # one child does not look bad
+    assert not widens([-0.5, -0.2], [[1.0, 0.0], [0.0, 1.0]])  # unbiased variance [0.5, 0.5]: norm 0.707
+    assert not widens([-0.5, -0.2], [[1.0, 0.0], None])  # a child never backed up
+    assert not widens([-0.5, -0.2], same, max_children=2)
+    assert not widens([-0.5], [[1.0, 0.0]])  # one child: no variance (official torch.var is NaN)
+
+
+def test_widening_threshold_scales_with_segment_length():
+    close = [[1.0, 0.0], [0.8, 0.6]]  # unbiased variance [0.02, 0.18]: norm 0.181
+    assert not widens([-0.5, -0.2], close, segment_length=4)  # 0.181 >= 0.12
+    assert widens([-0.5, -0.2], close, segment_length=10)  # 0.181 < 0.3
 
 
 def test_widen_adds_the_next_ranked_candidate_with_renormalised_prior():
@@ -124,3 +135,14 @@ def test_widen_adds_the_next_ranked_candidate_with_renormalised_prior():
     assert added[0].prior == pytest.approx(0.75 * (0.1 / 0.9) + 0.25 / 3)
     assert list(node.children) == [(5,), (6,), (7,)]
     assert widen_with(node, ranked)[0].tokens == (8,)
+
+
+def test_widen_window_keeps_duplicates_as_the_official_add():
+    node = make_widenable([-0.5, -0.2], [[1.0, 0.0], [1.0, 0.0]])
+    stored = [((5,), 0.4), ((6,), 0.3)]
+    fresh = [((5,), 0.4), ((9,), 0.2)]  # the fresh greedy repeats the stored greedy
+    added = widen_with(node, fresh + stored)
+    # window = first k+1 = 3 entries: (5), (9), (5); the new child's prior is 0.2 / 1.0
+    assert [c.tokens for c in added] == [(9,)]
+    assert added[0].prior == pytest.approx(0.2)
+    assert node.candidates == fresh + stored
