@@ -28,7 +28,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from rain.config import RainConfig, load_config
-from rain.records import RunPaths, done_ids, merge, run_name, write_or_check_meta
+from rain.records import RunPaths, done_ids, merge, repair_shard, run_name, write_or_check_meta
 from rain.tasks import PROJECT_ROOT, load_items
 
 LOG_TAIL_LINES = 20
@@ -210,6 +210,8 @@ def launch(cfg: RainConfig, *, nump: int, answerer: Optional[str] = None, poll_s
 
     write_or_check_meta(paths, cfg, hardware=hardware())
     ids = [item.id for item in load_items(cfg.run)]
+    for shard in paths.shard_files():  # no worker runs yet: cut broken last lines (with a warning) once
+        repair_shard(shard)
     finished = done_ids(paths)
     todo = [i for i in ids if i not in finished]
     if not todo:

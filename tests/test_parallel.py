@@ -138,7 +138,7 @@ def test_resume_redoes_a_prompt_whose_line_was_cut_by_a_crash(tmp_path, fake_env
     shard.write_text(text[:len(text) - 40])  # the last record (id 6) half written
     with pytest.warns(UserWarning, match="line 7: broken last line"):
         assert launch(cfg, nump=1, answerer="fake_answerer:make", poll_s=0.05) == 0
-    assert "broken last line" in paths.log(rank=0, world=1).read_text()
+    assert shard.read_text().count("\n") == 7  # cut before the rerun, then id 6 appended again
     assert [r["id"] for r in lines(paths)] == list(range(7))
     assert [r["id"] for r in json.loads(paths.merged.read_text())] == list(range(7))
 
