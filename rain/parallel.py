@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -181,6 +182,8 @@ def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: in
                  answerer: Optional[str], poll_s: float) -> int:
     """Start the workers on the unfinished prompts and check them; returns the exit status (0: all done)."""
     procs = _start_workers(cfg, paths, todo, nump=nump, answerer=answerer)
+    # A launcher stopped with SIGTERM stops its workers too (no orphans writing to the shards).
+    previous = signal.signal(signal.SIGTERM, lambda *_: [proc.terminate() for proc in procs])
     try:
         codes = _wait(procs, paths, total=total, done=total - len(todo), poll_s=poll_s)
     except KeyboardInterrupt:
@@ -189,6 +192,8 @@ def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: in
             proc.wait()
         print("rain: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if _report_failures(codes, paths):
         return 1
     missing = sorted(set(todo) - done_ids(paths))

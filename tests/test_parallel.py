@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +170,29 @@ def test_worker_entry_reports_a_bad_data_file_in_one_line(tmp_path, capsys):
     bad.write_text('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: x"}\n[1, 2]\n')
     assert main([f"run.data={bad}", f"run.outdir={tmp_path}"]) == 2
     assert f"{bad}, line 2: expected a JSON object, got list" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_launcher_stops_its_workers_and_the_rerun_resumes(tmp_path, fake_env):
+    slow = tmp_path / "slow_answerer.py"
+    slow.write_text("import time\nimport fake_answerer\n\n\ndef make(cfg):\n    answer = fake_answerer.make(cfg)\n"
+                    "    return lambda item: (time.sleep(0.3), answer(item))[1]\n")
+    default = tmp_path / "default.yaml"
+    default.write_text(f"run:\n  benchmark: HH\n  data: {hh_file(tmp_path / 'hh.jsonl', 40)}\n  name: t\n"
+                       f"  outdir: {tmp_path / 'out'}\n")
+    code = ("import sys; from pathlib import Path; from rain.parallel import launcher_main; "
+            f"sys.exit(launcher_main(['--nump', '2', '--answerer', 'slow_answerer:make'], benchmark='HH', "
+            f"default_config=Path({str(default)!r})))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), str(TESTS.parent)])}
+    launcher = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    paths = RunPaths(tmp_path / "out", "t")
+    while len(lines(paths)) < 4:
+        time.sleep(0.1)
+    launcher.terminate()
+    _, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 1 and "failed with exit code -15" in err
+    count = len(lines(paths))
+    time.sleep(1.0)
+    assert len(lines(paths)) == count < 40  # the workers are gone: nothing more is written
+    assert launch(load_config(default), nump=2, answerer="fake_answerer:make", poll_s=0.05) == 0
+    assert sorted(r["id"] for r in lines(paths)) == list(range(40))
