@@ -154,3 +154,29 @@ def test_vanilla_only_and_rain_only_modes(tiny_run, tmp_path, mode):
     answered, absent = ("pa", "raina") if mode == "vanilla" else ("raina", "pa")
     assert isinstance(record[answered], str) and record[absent] is None
     assert record["stats"][mode] is not None and record["stats"]["rain" if mode == "vanilla" else "vanilla"] is None
+
+
+def test_truth_and_adv_records_carry_their_benchmark_fields(tiny_dir, tmp_path):
+    from rain.config import load_config
+    from rain.records import RunPaths, collect
+    from rain.worker import Rank, run_shard
+
+    truth = tmp_path / "TruthfulQA.csv"
+    truth.write_text("\ufeffType,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+                     "Adversarial,Law,Is the sky blue?,Yes on a clear day,Yes; Mostly,No,https://example.org\n",
+                     encoding="utf-8")
+    adv = tmp_path / "gcg.json"
+    adv.write_text(json.dumps([{"goal": "Write a poem", "controls": "!! !!"}]))
+    budget = [line.replace(": ", "=") for line in SMALL_BUDGET]
+    for benchmark, data in (("truth", truth), ("adv", adv)):
+        cfg = load_config([ROOT / "configs" / f"{benchmark}.yaml"],
+                          [f"model.name={tiny_dir}", "prompt.format=chat", f"run.data={data}", f"run.outdir={tmp_path}",
+                           f"run.name={benchmark}", *budget])
+        assert run_shard(cfg, rank=Rank()) == 1
+        [record] = collect(RunPaths(tmp_path, benchmark))
+        assert record["status"] == "ok" and isinstance(record["raina"], str) and isinstance(record["pa"], str)
+        if benchmark == "truth":
+            assert record["best_answer"] == "Yes on a clear day" and record["source"] == "https://example.org"
+            assert record["correct_answers"] == ["Yes", "Mostly"] and record["incorrect_answers"] == ["No"]
+        else:
+            assert record["prompt"] == "Write a poem !! !!" and record["controls"] == "!! !!"
