@@ -2,6 +2,7 @@
 
     python bench/bench_engine.py                 # full run (official constants, embedded model)
     python bench/bench_engine.py --quick         # a smoke run of a few minutes
+    python bench/bench_engine.py --jobs 1        # measurements one after another (default: 2 streams, 1 core each)
 
 Each measurement runs in its own subprocess (so peak memory is its own), on the embedded
 SmolLM2-135M-Instruct with the official search constants:
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 QUESTIONS = [
@@ -67,16 +70,25 @@ def measure(kind: str, *, questions: int, new_tokens: int, iterations: int | Non
     return totals
 
 
-def run_child(kind: str, **kw) -> dict:
+def start_child(kind: str, *, threads: int, **kw) -> subprocess.Popen:
     args = [sys.executable, __file__, "--child", kind, "--questions", str(kw["questions"]),
             "--new-tokens", str(kw["new_tokens"])] + (["--iterations", str(kw["iterations"])] if kw["iterations"] else [])
-    t0 = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {kind}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return result
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def run_stream(jobs: list, *, threads: int) -> list:
+    """Run (name, kind, kwargs) jobs one after another in child processes; -> their result dicts."""
+    out = []
+    for name, kind, kw in jobs:
+        t0 = time.perf_counter()
+        proc = start_child(kind, threads=threads, **kw)
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{stderr[-3000:]}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+        print(f"  {name}: done in {time.perf_counter() - t0:.0f} s: {json.dumps(out[-1])}", file=sys.stderr)
+    return out
 
 
 def row(name: str, r: dict) -> str:
@@ -92,6 +104,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small budgets: a smoke run")
     p.add_argument("--out", help="also write the markdown table to this file")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=2,
+                   help="2: two streams in parallel, each single-threaded on its own core (default); 1: one after another")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--questions", type=int, default=5, help=argparse.SUPPRESS)
     p.add_argument("--new-tokens", type=int, default=64, help=argparse.SUPPRESS)
@@ -101,18 +115,27 @@ def main() -> None:
         print(json.dumps(measure(args.child, questions=args.questions, new_tokens=args.new_tokens,
                                  iterations=args.iterations)))
         return
-    n_full, tokens, n_fixed, fixed = (2, 8, 1, 6) if args.quick else (5, 64, 2, 30)
-    print("running (each in its own process) ...", file=sys.stderr)
-    full = run_child("cached", questions=n_full, new_tokens=tokens, iterations=None)
-    fast = run_child("cached", questions=n_fixed, new_tokens=2048, iterations=fixed)
-    ref = run_child("reference", questions=n_fixed, new_tokens=2048, iterations=fixed)
-    van = run_child("vanilla", questions=n_full, new_tokens=tokens, iterations=None)
+    n_full, tokens, n_fixed, fixed = (1, 4, 1, 4) if args.quick else (5, 64, 2, 30)
+    fixed_kw = dict(questions=n_fixed, new_tokens=2048, iterations=fixed)
+    full_kw = dict(questions=n_full, new_tokens=tokens, iterations=None)
+    streams = [[("reference", "reference", fixed_kw), ("cached, fixed budget", "cached", fixed_kw)],
+               [("vanilla", "vanilla", full_kw), ("cached, full budget", "cached", full_kw)]]
+    if args.jobs == 1:
+        streams = [streams[0] + streams[1]]
+    threads = max(1, (os.cpu_count() or 1) // len(streams))
+    print(f"running {sum(map(len, streams))} measurements in {len(streams)} parallel stream(s), "
+          f"{threads} thread(s) each ...", file=sys.stderr)
+    with ThreadPoolExecutor(len(streams)) as pool:
+        results = [r for rs in pool.map(lambda jobs: run_stream(jobs, threads=threads), streams) for r in rs]
+    order = [name for stream in streams for name, _, _ in stream]
+    by_name = dict(zip(order, results))
+    ref, fast, van, full = (by_name[n] for n in ("reference", "cached, fixed budget", "vanilla", "cached, full budget"))
     import torch
     import transformers
 
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({threads} thread(s) per measurement, {len(streams)} in parallel), transformers {transformers.__version__}; "
         f"model: embedded SmolLM2-135M-Instruct fp32; official constants (configs/base.yaml).",
         "",
         "| run | wall s | CPU s | new tokens | inner it. | s / it. | forwards / it. | tokens fed / it. | "

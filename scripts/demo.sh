@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 cd HH
-exec ../.venv/bin/python allocation.py --config ../configs/demo.yaml "$@"
+exec ../.venv/bin/python allocation.py --config ../configs/demo.yaml --nump 2 "$@"
