@@ -176,15 +176,14 @@ class Engine:
         prefix that many calls share (the judge's instruction and examples): the cached engine keeps it."""
         raise NotImplementedError
 
-    # -- helper for both --
-    @staticmethod
-    def _row_u(u_col: torch.Tensor, spec: SegmentSpec):
-        """Uniforms for one position; NaN marks the greedy row (argmax)."""
-        if not spec.greedy:
-            return u_col
-        u_col = u_col.clone()
-        u_col[0] = float("nan")
+
+def _row_u(u_col: torch.Tensor, spec: SegmentSpec) -> torch.Tensor:
+    """Uniforms of all rows for one position; NaN marks the greedy row (argmax)."""
+    if not spec.greedy:
         return u_col
+    u_col = u_col.clone()
+    u_col[0] = float("nan")
+    return u_col
 
 
 def _pick_rows(probs, ids, u):
@@ -244,7 +243,7 @@ class CachedEngine(Engine):
     def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
         rows = u.shape[0]
         tok, p = _pick_rows(*topk_distribution(state.logits.unsqueeze(0).expand(rows, -1), spec.topk,
-                                               spec.temperature), self._row_u(u[:, 0], spec))
+                                               spec.temperature), _row_u(u[:, 0], spec))
         seqs, probs = [[t] for t in tok.tolist()], p.double()
         alive = torch.tensor([t not in spec.stop_ids for t in tok.tolist()])
         kv = tuple((k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in state.kv)
@@ -254,7 +253,7 @@ class CachedEngine(Engine):
             logits, kv = self._forward(tok.unsqueeze(1), kv)
             self.counters.sampled_tokens += int(alive.sum())
             tok, p = _pick_rows(*topk_distribution(logits[:, -1].cpu(), spec.topk, spec.temperature),
-                                self._row_u(u[:, j], spec))
+                                _row_u(u[:, j], spec))
             for r in torch.nonzero(alive).flatten().tolist():
                 seqs[r].append(int(tok[r]))
                 probs[r] *= float(p[r])
