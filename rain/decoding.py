@@ -18,7 +18,7 @@ from .embed import Embedder
 from .evaluate import SelfEvaluator
 from .formats import answer_rules, prompt_text
 from .lm import CachedEngine, Counters, make_engine
-from .search import GenerationResult, Rain, Stats, start_prompt
+from .search import GenerationResult, Rain, Stats, answer_limit, start_prompt
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,11 +81,8 @@ def vanilla_generate(model, tokenizer, question: str, config: Optional[RainConfi
     t0 = time.perf_counter()
     prompt = tuple(start_prompt(tokenizer, question, config))
     rules = answer_rules(tokenizer, model, config.prompt, config.search.stop_chars)
-    room = config.search.max_length - len(prompt)
-    if config.search.max_new_tokens is not None:
-        room = min(room, config.search.max_new_tokens)
     engine = CachedEngine(model)
-    answer = engine.decode(engine.state(prompt), max_tokens=room,
+    answer = engine.decode(engine.state(prompt), max_tokens=answer_limit(len(prompt), config.search),
                            done=lambda new: rules.finished(tokenizer, new))
     stats = Stats(new_tokens=len(answer), forward_calls=engine.counters.forward_calls,
                   tokens_fed=engine.counters.tokens_fed, sampled_tokens=engine.counters.sampled_tokens)

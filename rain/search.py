@@ -68,6 +68,12 @@ class PromptTooLong(ValueError):
     """The prompt alone reaches the length limit."""
 
 
+def answer_limit(prompt_len: int, search) -> int:
+    """Most answer tokens allowed: the room under search.max_length, and search.max_new_tokens."""
+    limit = search.max_length - prompt_len
+    return limit if search.max_new_tokens is None else min(limit, search.max_new_tokens)
+
+
 def start_prompt(tokenizer, question: str, cfg: RainConfig) -> list:
     """Validated prompt ids: the question is a non-empty string and the prompt leaves room for an answer."""
     check_question(question)
@@ -132,12 +138,13 @@ class Rain:
             self.engine.anchor("prefix", self.prompt + self.answer)
             if cap is not None and self.stats.inner_iterations >= cap:
                 break
-        self._fill_stats(before, embeds_before, judge_before, t0)
         answer = self._truncate(self.answer)
+        self._fill_stats(before, embeds_before, judge_before, t0, new_tokens=len(answer))
         return GenerationResult(self.rules.text(self.tokenizer, answer), list(answer),
                                 prompt_text(self.tokenizer, question, self.cfg.prompt), self.stats, trace)
 
-    def _fill_stats(self, before: Counters, embeds_before: int, judge_before: Counters, t0: float) -> None:
+    def _fill_stats(self, before: Counters, embeds_before: int, judge_before: Counters, t0: float, *,
+                    new_tokens: int) -> None:
         used = self.engine.counters.minus(before)
         self.stats.forward_calls, self.stats.tokens_fed = used.forward_calls, used.tokens_fed
         self.stats.sampled_tokens = used.sampled_tokens
@@ -145,7 +152,7 @@ class Rain:
             judge = self.judge_counter().minus(judge_before)
             self.stats.judge_forward_calls, self.stats.judge_tokens_fed = judge.forward_calls, judge.tokens_fed
         self.stats.embed_calls = self.embedder.calls - embeds_before
-        self.stats.new_tokens = len(self._truncate(self.answer))
+        self.stats.new_tokens = new_tokens
         self.stats.seconds = time.perf_counter() - t0
 
     def _trace_entry(self, root: Node) -> dict:
@@ -157,10 +164,7 @@ class Rain:
     # ------------------------------------------------------------------ stop rules
     def _room(self, answer: tuple) -> int:
         """Tokens the answer may still grow by (length limit and max_new_tokens)."""
-        room = self.s.max_length - len(self.prompt) - len(answer)
-        if self.s.max_new_tokens is not None:
-            room = min(room, self.s.max_new_tokens - len(answer))
-        return room
+        return answer_limit(len(self.prompt), self.s) - len(answer)
 
     def _answer_done(self, answer: tuple) -> bool:
         return self._room(answer) <= 0 or self.rules.finished(self.tokenizer, answer)
@@ -171,10 +175,7 @@ class Rain:
             if t in self.rules.stop_ids:
                 answer = answer[:i + 1]
                 break
-        limit = self.s.max_length - len(self.prompt)
-        if self.s.max_new_tokens is not None:
-            limit = min(limit, self.s.max_new_tokens)
-        return answer[:limit]
+        return answer[:answer_limit(len(self.prompt), self.s)]
 
     # ------------------------------------------------------------------ inner loop
     def _iterate(self, root: Node) -> None:
