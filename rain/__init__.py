@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "RainConfig": "config", "load_config": "config",
-    "load_model": "lm",
+    "load_model": "loading",
     "rain_generate": "decoding", "vanilla_generate": "decoding", "DECODERS": "decoding",
     "GenerationResult": "search", "Stats": "search", "PromptTooLong": "search",
     "prompt_ids": "formats", "prompt_text": "formats",
