@@ -7,6 +7,7 @@ imported: only its folder is read), so nothing is fetched from the hub.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -45,3 +46,9 @@ class Embedder:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
+
+
+@functools.lru_cache(maxsize=4)
+def shared_embedder(name: str = "embedded", device: str = "cpu") -> Embedder:
+    """One sentence embedder per process, name and device (a small model, shared by every searcher)."""
+    return Embedder(name, device=device)

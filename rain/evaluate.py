@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from .config import JudgeConfig
 from .formats import read_prompt
-from .lm import Engine, common_prefix
+from .lm import Counters, Engine, Judge
+from .sampling import common_prefix
 
 SENTINEL = "\u0000RAIN-CONTENT\u0000"
 
@@ -60,7 +61,11 @@ class Verdict:
 
 
 class SelfEvaluator:
-    """Scores partial answers with the policy model through `engine` (its fixed prompt part cached once)."""
+    """Scores partial answers with the policy model through `engine` (its fixed prompt part stored once).
+
+    A search asks for a judgement with `request(...)` (a `rain.lm.Judge`, batched with other searches' work)
+    and reads it with `verdict(probs)`; `judge(question, answer)` does both at once.
+    """
 
     def __init__(self, engine: Engine, tokenizer, cfg: JudgeConfig):
         self.engine, self.tokenizer, self.cfg = engine, tokenizer, cfg
@@ -81,6 +86,8 @@ class SelfEvaluator:
         self.good = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.good_options)]
         self.bad = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.bad_options)]
         self.calls = 0
+        self.counters = Counters()  # the work of judge() calls
+        engine.share(self.prefix_ids)
 
     @staticmethod
     def _template_split(tokenizer) -> tuple:
@@ -108,18 +115,25 @@ class SelfEvaluator:
         shared = min(shared, min(len(r) for r in rows) - 1)
         return tuple(rows[0][:shared]), [r[shared:] for r in rows]
 
-    def judge(self, question: str, answer: str) -> Verdict:
-        self.calls += 1
+    def request(self, question: str, answer: str, *, counters: Counters, reuse: tuple = ()) -> Judge:
+        """The LM request that judges `answer` (both option orders in one batch)."""
         shared, tails = self._rows(render_conversation(question, answer, self.cfg.conversation))
-        probs = self.engine.last_probs(self.prefix_ids, shared, tails)
+        return Judge(shared, tails, counters, reuse)
+
+    def verdict(self, probs) -> Verdict:
+        """probs [orders, V] after each order's open answer -> the verdict."""
         p_good, votes = [], []
-        for i in range(len(tails)):
+        for i in range(probs.shape[0]):
             good = max(float(probs[i, t]) for t in self.good[i])
             bad = max(float(probs[i, t]) for t in self.bad[i])
             votes.append(good > bad)
             p_good.append(good / (good + bad) if good + bad > 0 else 0.5)
         mean = sum(votes) / len(votes) if self.cfg.score == "vote" else sum(p_good) / len(p_good)
         return Verdict(2.0 * mean - 1.0, tuple(p_good), tuple(votes))
+
+    def judge(self, question: str, answer: str) -> Verdict:
+        self.calls += 1
+        return self.verdict(self.engine.run(self.request(question, answer, counters=self.counters)).probs)
 
     def __call__(self, question: str, answer: str) -> float:
         return self.judge(question, answer).value

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from rain.lm import JudgeResult
+
 import rain
 from rain.config import JudgeConfig
 from rain.evaluate import SelfEvaluator, option_token_ids, render_conversation
@@ -41,11 +43,14 @@ class FixedProbs:
     """A stand-in engine returning chosen next-token probabilities per option order."""
 
     def __init__(self, rows):
-        self.rows, self.calls = rows, []
+        self.rows, self.calls, self.head = rows, [], ()
 
-    def last_probs(self, anchor, shared, tails):
-        self.calls.append((tuple(anchor), tuple(shared), [tuple(t) for t in tails]))
-        return self.rows
+    def share(self, tokens):
+        self.head = tuple(tokens)
+
+    def run(self, request):
+        self.calls.append((self.head, tuple(request.tokens), [tuple(t) for t in request.tails]))
+        return JudgeResult(self.rows, None)
 
 
 def evaluator_with(tok, rows, **judge):
