@@ -273,12 +273,12 @@ class Searcher:
             st.leaf = ctx
             rollout_request = Rollout(room, self._rollout_done(st, leaf_answer), st.gen)
             length = self._segment_length(node.depth, room)
-            if length == 1:
+            if length == 1:  # the children come from the leaf's distribution: nothing to sample
                 rollout = (yield Expand(ctx, st.lm, rollout=rollout_request)).rollout
             else:
-                rollout = (yield Expand(ctx, st.lm, rollout=rollout_request)).rollout
-                candidates = yield from self._propose(st, ctx, length, samples=self.s.sample_attempts,
-                                                      keep=self.s.num_candidates)
+                expansion = yield self._expand_request(st, ctx, length, self.s.sample_attempts, rollout_request)
+                rollout = expansion.rollout
+                candidates = best_candidates(expansion.rows, self.s.num_candidates)
         # 3. self-evaluate the partial answer (and embed the path's texts in the same round)
         judged = self._truncate(st, leaf_answer + tuple(rollout), len(st.answer))
         value, embeddings = yield from self._evaluate(st, judged, self._path_texts(path, rollout))
@@ -338,13 +338,14 @@ class Searcher:
         node.candidates = candidates
         add_children(node, candidates, uniform_mix=mix)
 
-    def _propose(self, st: SearchState, ctx: Context, length: int, *, samples: int, keep: int):
-        """Greedy segment plus up to keep-1 distinct sampled ones; greedy's probability clamped."""
+    def _expand_request(self, st: SearchState, ctx: Context, length: int, samples: int,
+                        rollout: Optional[Rollout] = None) -> Expand:
+        """Candidate rows (greedy plus `samples` sampled) after ctx, with the rollout riding along. The rows'
+        uniforms are drawn first, then the rollout draws one per token (RAIN_ALGORITHM.md's order is the
+        reverse; docs/deviations.md)."""
         spec = SegmentSpec(length=length, topk=self.s.sample_topk, temperature=self.s.temperature, greedy=True,
                            stop_ids=self.rules.stop_ids)
-        u = torch.rand(1 + samples, length, generator=st.gen)
-        expansion = yield Expand(ctx, st.lm, spec, u)
-        return best_candidates(expansion.rows, keep)
+        return Expand(ctx, st.lm, spec, torch.rand(1 + samples, length, generator=st.gen), rollout)
 
     def _maybe_widen(self, st: SearchState, node: Node, root: Node):
         """Dynamic widening: one more single-token child from the stored ranking, or fresh greedy + samples."""
@@ -359,7 +360,8 @@ class Searcher:
             widen_with(node, node.candidates, uniform_mix=mix)
         else:
             ctx = yield Prefill(st.prompt + answer, st.lm, reuse=(st.leaf, st.committed))
-            fresh = yield from self._propose(st, ctx, length, samples=self.s.widen_sample_attempts, keep=2)
+            fresh = best_candidates((yield self._expand_request(st, ctx, length, self.s.widen_sample_attempts)).rows,
+                                    keep=2)
             widen_with(node, fresh + node.candidates, uniform_mix=mix)
         st.stats.widenings += 1
 
