@@ -216,6 +216,9 @@ class RunConfig:
     """Shuffle the dataset with this seed before selecting (official: 42); None keeps file order."""
     max_prompt_tokens: int = 512
     """Prompts of this many tokens or more are skipped and recorded with the reason (official: 512)."""
+    batch_size: int = 1
+    """Prompts searched at once in one worker, their LM work in shared forward passes (answers do not
+    depend on it; 8-16 fills a GPU)."""
 
     def __post_init__(self):
         _check(self.benchmark in ("HH", "adv", "truth"), "run.benchmark", "HH, adv or truth", self.benchmark)
@@ -224,6 +227,7 @@ class RunConfig:
         _check(self.end is None or self.end >= self.start, "run.end", "null or >= run.start", self.end)
         _check(self.limit is None or self.limit >= 0, "run.limit", "null or >= 0", self.limit)
         _check(self.max_prompt_tokens >= 1, "run.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
+        _check(self.batch_size >= 1, "run.batch_size", ">= 1", self.batch_size)
 
 
 @dataclass(frozen=True)

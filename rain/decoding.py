@@ -60,19 +60,22 @@ class _NoEmbedder:
         raise AssertionError("vanilla decoding embeds nothing")
 
 
-def generate_many(searcher: Searcher, jobs: Iterable, *, batch_size: int = 1) -> Iterator[tuple]:
-    """Answer many questions, `batch_size` searches at once. `jobs` yields (key, question, seed, mode) with
-    mode rain, vanilla or both; yields (key, {"rain": result, "vanilla": result}) as each finishes, or
-    (key, exception) if its search failed."""
-    def task(question, seed, mode):
-        out = {"rain": None, "vanilla": None}
-        if mode != "vanilla":
-            out["rain"] = yield from searcher.search(searcher.start(question, seed))
-        if mode != "rain":
-            out["vanilla"] = yield from vanilla_search(searcher, question)
-        return out
+def answer_task(searcher: Searcher, question: str, seed: Optional[int], mode: str = "both"):
+    """RAIN and/or vanilla answers to one question, as one request generator (mode rain, vanilla or both);
+    returns {"rain": result or None, "vanilla": result or None}."""
+    out = {"rain": None, "vanilla": None}
+    if mode != "vanilla":
+        out["rain"] = yield from searcher.search(searcher.start(question, seed))
+    if mode != "rain":
+        out["vanilla"] = yield from vanilla_search(searcher, question)
+    return out
 
-    yield from drive(searcher, ((key, task(q, seed, mode)) for key, q, seed, mode in jobs), batch_size=batch_size)
+
+def generate_many(searcher: Searcher, jobs: Iterable, *, batch_size: int = 1) -> Iterator[tuple]:
+    """Answer many questions, `batch_size` searches at once. `jobs` yields (key, question, seed, mode);
+    yields (key, answer_task's dict) as each finishes, or (key, exception) if its search failed."""
+    tasks = ((key, answer_task(searcher, q, seed, mode)) for key, q, seed, mode in jobs)
+    yield from drive(searcher, tasks, batch_size=batch_size)
 
 
 DECODERS = {"rain": rain_generate, "vanilla": vanilla_generate}

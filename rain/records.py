@@ -27,8 +27,8 @@ from typing import Optional
 
 from rain.tasks import Item
 
-# Fields that may change between runs sharing one output name (selection and location only).
-_SELECTION_FIELDS = ("start", "end", "limit", "outdir", "name")
+# Fields that may change between runs sharing one output name (selection, location, batching: not answers).
+_SELECTION_FIELDS = ("start", "end", "limit", "outdir", "name", "batch_size")
 
 
 # ----------------------------------------------------------------------------- schema

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from rain.config import RainConfig, load_config
 from rain.records import RunPaths, ShardWriter, done_ids, merge, ok_record, run_name, skipped_record, \
@@ -71,27 +71,48 @@ def too_long(tokenizer, item: Item, cfg: RainConfig) -> Optional[str]:
     return None
 
 
-def answer_item(model, tokenizer, item: Item, cfg: RainConfig) -> dict:
-    """The record of one prompt: RAIN and/or vanilla answers, or a skip with its reason."""
-    import rain
+class SearchAnswerer:
+    """Load the model once; answer prompts `run.batch_size` at a time, their LM work in shared forwards.
+    Each record is handed back the moment its prompt is done."""
 
-    seed = cfg.search.seed + item.id
-    question = rain.prompt_text(tokenizer, item.prompt, cfg.prompt)
-    reason = too_long(tokenizer, item, cfg)
-    if reason is not None:
-        return skipped_record(item, question=question, seed=seed, reason=reason)
-    mode = cfg.run.mode
-    searched = rain.rain_generate(model, tokenizer, item.prompt, cfg, seed=seed) if mode != "vanilla" else None
-    vanilla = rain.vanilla_generate(model, tokenizer, item.prompt, cfg, seed=seed) if mode != "rain" else None
-    return ok_record(item, question=question, seed=seed, rain=searched, vanilla=vanilla)
+    def __init__(self, cfg: RainConfig):
+        import rain
+
+        self.cfg = cfg
+        model, self.tokenizer = rain.load_model(cfg.model)
+        self.searcher = rain.Searcher(model, self.tokenizer, cfg)
+
+    def __call__(self, item: Item) -> dict:
+        ((_, record),) = self.many([item])
+        return record
+
+    def many(self, items: list[Item]) -> Iterator[tuple[Item, dict]]:
+        """(item, record) for every item, in the order they finish."""
+        from rain.search import drive
+
+        tasks = ((item, self._task(item)) for item in items)
+        for item, record in drive(self.searcher, tasks, batch_size=self.cfg.run.batch_size):
+            if isinstance(record, BaseException):
+                raise record
+            yield item, record
+
+    def _task(self, item: Item):
+        """One prompt's record as a request generator: a skip with its reason, or the answers."""
+        import rain
+        from rain.decoding import answer_task
+
+        cfg, seed = self.cfg, self.cfg.search.seed + item.id
+        question = rain.prompt_text(self.tokenizer, item.prompt, cfg.prompt)
+        reason = too_long(self.tokenizer, item, cfg)
+        if reason is not None:
+            return skipped_record(item, question=question, seed=seed, reason=reason)
+        out = yield from answer_task(self.searcher, item.prompt, seed, cfg.run.mode)
+        return ok_record(item, question=question, seed=seed, rain=out["rain"], vanilla=out["vanilla"])
 
 
-def default_answerer(cfg: RainConfig) -> Answerer:
-    """Load the model once; answer prompts with `answer_item`."""
-    import rain
-
-    model, tokenizer = rain.load_model(cfg.model)
-    return lambda item: answer_item(model, tokenizer, item, cfg)
+def default_answerer(cfg: RainConfig) -> SearchAnswerer:
+    """The RAIN/vanilla answerer over the configured model."""
+    return SearchAnswerer(cfg)
 
 
 def load_answerer(spec: Optional[str]) -> Callable[[RainConfig], Answerer]:
@@ -145,10 +166,11 @@ def run_shard(cfg: RainConfig, *, rank: Rank, items: Optional[list[Item]] = None
     if not todo:
         return 0
     answer = make_answerer(cfg)
+    records = answer.many(todo) if isinstance(answer, SearchAnswerer) else ((item, answer(item)) for item in todo)
+    started = time.perf_counter()
     with ShardWriter(shard) as writer:
-        for number, item in enumerate(todo, start=1):
-            started = time.perf_counter()
-            writer.append(answer(item))
+        for number, (item, record) in enumerate(records, start=1):
+            writer.append(record)
             print(f"[rank {rank.rank}/{rank.world}] id {item.id} done ({number}/{len(todo)}, "
                   f"{time.perf_counter() - started:.1f} s)", flush=True)
     return len(todo)
