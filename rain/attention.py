@@ -146,11 +146,23 @@ def plan_forward(rows: list, device) -> tuple:
             plan)
 
 
+_CPU_KERNEL = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 def _attend(q, keys, values, scale, softcap, mask=None):
-    """q [KVH, G, n, D] over keys/values [KVH, S, D]; mask [n, S] or None.
-    -> (out float32 [KVH, G, n, D], lse [KVH, G, n])."""
+    """q [KVH, G, n, D] over keys/values [KVH, S, D]; mask [n, S] (True: visible) or None.
+    -> (out float32 [KVH, G, n, D], lse [KVH, G, n]). On CPU, PyTorch's fused attention kernel (it returns
+    the log-sum-exp); elsewhere the same computation written out."""
     kv_heads, groups, n, dim = q.shape
-    scores = torch.bmm(q.reshape(kv_heads, groups * n, dim), keys.transpose(1, 2)).float() * scale
+    flat = q.reshape(kv_heads, groups * n, dim)
+    if _CPU_KERNEL is not None and q.device.type == "cpu" and not softcap:
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf")).repeat(groups, 1)
+        out, lse = _CPU_KERNEL(flat.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), 0.0, False,
+                               attn_mask=bias, scale=scale)
+        return out[0].float().view(kv_heads, groups, n, dim), lse[0].float().view(kv_heads, groups, n)
+    scores = torch.bmm(flat, keys.transpose(1, 2)).float() * scale
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)
     scores = scores.view(kv_heads, groups, n, -1)

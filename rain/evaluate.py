@@ -87,6 +87,7 @@ class SelfEvaluator:
         self.bad = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.bad_options)]
         self.calls = 0
         self.counters = Counters()  # the work of judge() calls
+        self._cut = self._find_cut()
         engine.share(self.prefix_ids)
 
     @staticmethod
@@ -105,12 +106,33 @@ class SelfEvaluator:
             return conversation + "\n" + body + self.tail + lead
         return conversation + "\n" + text
 
-    def _rows(self, conversation: str) -> tuple:
-        """Each order's whole prompt tokenized as one text (as the official code does), split into the
-        tokens all orders share and each order's tail (at least one token)."""
+    def _find_cut(self) -> tuple:
+        """(cut, token ids of prefix_text[:cut]) such that prefix_text + X tokenizes as those ids followed by the
+        tokens of prefix_text[cut:] + X, for any X: the cut sits at the start of the prefix's last line, where a
+        tokenizer's pieces cannot reach across (checked here once; whether it holds does not depend on X).
+        (0, ()) when no such cut exists: then every prompt is tokenized whole."""
         special = self.cfg.format != "chat"
-        rows = [self.tokenizer(self.prefix_text + self._suffix(i, conversation), add_special_tokens=special)["input_ids"]
-                for i in range(len(self.blocks))]
+        cut = self.prefix_text.rstrip("\r\n").rfind("\n") + 1
+        if cut <= 0:
+            return 0, ()
+        head = self.tokenizer(self.prefix_text[:cut], add_special_tokens=special)["input_ids"]
+        sample = self._suffix(0, render_conversation("Is it safe?", "Yes, it is.", self.cfg.conversation))
+        whole = self.tokenizer(self.prefix_text + sample, add_special_tokens=special)["input_ids"]
+        split = head + self.tokenizer(self.prefix_text[cut:] + sample, add_special_tokens=False)["input_ids"]
+        return (cut, tuple(head)) if whole == split else (0, ())
+
+    def _encode(self, suffix: str) -> list:
+        """Token ids of prefix_text + suffix, as if tokenized whole (as the official code does), tokenizing only
+        the part after the cut: the cost does not grow with the fixed instruction."""
+        if not self._cut[0]:
+            return self.tokenizer(self.prefix_text + suffix, add_special_tokens=self.cfg.format != "chat")["input_ids"]
+        tail = self.tokenizer(self.prefix_text[self._cut[0]:] + suffix, add_special_tokens=False)["input_ids"]
+        return list(self._cut[1]) + tail
+
+    def _rows(self, conversation: str) -> tuple:
+        """Each order's prompt tokenized as one text, split into the tokens all orders share and each order's
+        tail (at least one token)."""
+        rows = [self._encode(self._suffix(i, conversation)) for i in range(len(self.blocks))]
         shared = min(common_prefix(rows[0], r) for r in rows[1:]) if len(rows) > 1 else len(rows[0]) - 1
         shared = min(shared, min(len(r) for r in rows) - 1)
         return tuple(rows[0][:shared]), [r[shared:] for r in rows]

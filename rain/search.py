@@ -127,6 +127,9 @@ class SearchState:
     root: Node = field(default_factory=lambda: Node(depth=0))
     answer: tuple = ()
     memo: dict = field(default_factory=dict)
+    """Judged text -> value."""
+    embedded: dict = field(default_factory=dict)
+    """Text -> sentence embedding (the same texts recur whenever a leaf and its rollout do)."""
     bounds: ValueBounds = field(default_factory=ValueBounds)
     stats: Stats = field(default_factory=Stats)
     trace: list = field(default_factory=list)
@@ -290,29 +293,34 @@ class Searcher:
                sim_weight=self.s.similarity_weight)
 
     def _evaluate(self, st: SearchState, answer: tuple, texts: list):
-        """(value of the judged answer, embeddings of the path texts)."""
+        """(value of the judged answer, embeddings of the path texts); the judge and the embedder are asked in
+        one round, for what their memos do not hold."""
         text = self.rules.text(self.tokenizer, answer)
-        embed = Embed(texts) if texts else None
-        if embed:
-            st.stats.embed_calls += 1
+        new_texts = list(dict.fromkeys(t for t in texts if t not in st.embedded))
+        embed = Embed(new_texts) if new_texts else None
+        requests = []
         if text in st.memo:
             st.stats.judge_cache_hits += 1
-            embeddings = (yield embed) if embed else []
-            return st.memo[text], list(embeddings)
-        if self.judge is not None:
-            request = self.judge.request(st.question, text, counters=st.judge, reuse=(st.judged,))
-            results = yield (request, embed) if embed else (request,)
-            st.judged = results[0].context
-            value = self.judge.verdict(results[0].probs).value
-            embeddings = results[1] if embed else []
+            value = st.memo[text]
+        elif self.judge is not None:
+            requests.append(self.judge.request(st.question, text, counters=st.judge, reuse=(st.judged,)))
         else:
             value = float(self.evaluator(st.question, text))
-            embeddings = (yield embed) if embed else []
-        if not -1.0 <= value <= 1.0:
-            raise ValueError(f"evaluator returned {value}, outside [-1, 1]")
-        st.stats.judge_calls += 1
-        st.memo[text] = value
-        return value, list(embeddings)
+        if embed:
+            st.stats.embed_calls += 1
+            requests.append(embed)
+        results = (yield tuple(requests)) if requests else ()
+        if embed:
+            st.embedded.update(zip(new_texts, results[-1]))
+        if text not in st.memo:
+            if self.judge is not None:
+                st.judged = results[0].context
+                value = self.judge.verdict(results[0].probs).value
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(f"evaluator returned {value}, outside [-1, 1]")
+            st.stats.judge_calls += 1
+            st.memo[text] = value
+        return value, [st.embedded[t] for t in texts]
 
     def _path_texts(self, path: list, rollout: list) -> list:
         """One text per path node: from the start of its segment to the end of the rollout."""

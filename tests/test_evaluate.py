@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from rain.lm import JudgeResult
-
 import rain
 from rain.config import JudgeConfig
 from rain.evaluate import SelfEvaluator, option_token_ids, render_conversation
+from rain.lm import JudgeResult
 from tiny import train_tokenizer
 
 LEAD = "The answer is: ("
@@ -129,3 +128,18 @@ def test_chat_judge_without_template_is_an_error():
     tok.chat_template = None
     with pytest.raises(ValueError, match="judge.format=chat needs a tokenizer with a chat template"):
         evaluator_with(tok, None, format="chat")
+
+
+@pytest.mark.parametrize("style", ["byte", "sentencepiece"])
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_judge_prompts_tokenize_as_whole_texts(style, fmt):
+    """Only the text after a checked cut in the fixed instruction is tokenized per judgement; the ids equal
+    those of the whole prompt tokenized as one text."""
+    tok = train_tokenizer(style)
+    ev = evaluator_with(tok, None, format=fmt)
+    for question, answer in [("How do I bake bread?", "Mix flour"), ("Tell me a joke.", " Why did the\n chicken"),
+                             ("q", "")]:
+        conversation = render_conversation(question, answer, "dialogue")
+        for i in range(len(ev.blocks)):
+            whole = tok(ev.prefix_text + ev._suffix(i, conversation), add_special_tokens=fmt != "chat")["input_ids"]
+            assert ev._encode(ev._suffix(i, conversation)) == whole
