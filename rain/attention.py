@@ -89,13 +89,15 @@ class Plan:
     """Everything the attention function needs for one packed forward, built once for all layers."""
 
     groups: list
-    """(segment, LongTensor of packed token indices that attend to it)."""
+    """(segment, LongTensor of the packed token indices that attend to it, or None for all of them)."""
     pasts: list
     """Per row with a past: its past KV tuple (keys list, values list)."""
     private_mask: torch.Tensor
     """[T, P + T] bool: which private keys (pasts in row order, then the new tokens) each new token sees."""
     new_keys: list = field(default_factory=list)
     new_values: list = field(default_factory=list)
+    bias: Optional[torch.Tensor] = None
+    """The private mask as an additive bias, repeated per query group (built at the first layer)."""
 
 
 def plan_forward(rows: list, device) -> tuple:
@@ -138,8 +140,11 @@ def plan_forward(rows: list, device) -> tuple:
             by_segment.setdefault(id(seg), (seg, []))[1].append(r)
     groups = []
     for seg, members in by_segment.values():
-        idx = torch.nonzero(torch.isin(owner_t, torch.tensor(members))).flatten()
-        groups.append((seg, idx.to(device)))
+        if len(members) == len(rows):
+            groups.append((seg, None))
+        else:
+            idx = torch.nonzero(torch.isin(owner_t, torch.tensor(members))).flatten()
+            groups.append((seg, idx.to(device)))
     want = [offsets[r] + len(row.tokens) - 1 for r, row in enumerate(rows) if row.want_logits]
     plan = Plan(groups, pasts, private_mask.to(device))
     return (torch.tensor([ids], device=device), pos_t.unsqueeze(0).to(device), torch.tensor(want, device=device),
@@ -149,19 +154,16 @@ def plan_forward(rows: list, device) -> tuple:
 _CPU_KERNEL = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _attend(q, keys, values, scale, softcap, mask=None):
-    """q [KVH, G, n, D] over keys/values [KVH, S, D]; mask [n, S] (True: visible) or None.
-    -> (out float32 [KVH, G, n, D], lse [KVH, G, n]). On CPU, PyTorch's fused attention kernel (it returns
-    the log-sum-exp); elsewhere the same computation written out."""
+def _attend(q, keys, values, scale, softcap, bias=None, mask=None):
+    """q [KVH, G, n, D] over keys/values [KVH, S, D]; bias [G * n, S] additive (-inf: hidden) for the CPU kernel,
+    mask [n, S] bool (True: visible) otherwise; both None for all visible.
+    -> (out float32 [KVH, G, n, D], lse [KVH, G, n]). On CPU, PyTorch's fused attention kernel (it returns the
+    log-sum-exp); elsewhere the same computation written out."""
     kv_heads, groups, n, dim = q.shape
     flat = q.reshape(kv_heads, groups * n, dim)
     if _CPU_KERNEL is not None and q.device.type == "cpu" and not softcap:
-        bias = None
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf")).repeat(groups, 1)
-        out, lse = _CPU_KERNEL(flat.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), 0.0, False,
-                               attn_mask=bias, scale=scale)
-        return out[0].float().view(kv_heads, groups, n, dim), lse[0].float().view(kv_heads, groups, n)
+        out, lse = _CPU_KERNEL(flat[None], keys[None], values[None], 0.0, False, attn_mask=bias, scale=scale)
+        return out.view(kv_heads, groups, n, dim).float(), lse.view(kv_heads, groups, n).float()
     scores = torch.bmm(flat, keys.transpose(1, 2)).float() * scale
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)
@@ -181,26 +183,35 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     softcap = kwargs.get("softcap")
     _, heads, total, dim = query.shape
     kv_heads = key.shape[1]
+    groups = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
     new_k, new_v = key[0], value[0]
     plan.new_keys.append(new_k)
     plan.new_values.append(new_v)
-    q = query[0].view(kv_heads, heads // kv_heads, total, dim)
     keys = torch.cat([p[0][layer] for p in plan.pasts] + [new_k], dim=1) if plan.pasts else new_k
     values = torch.cat([p[1][layer] for p in plan.pasts] + [new_v], dim=1) if plan.pasts else new_v
     if not plan.groups and not softcap:  # nothing to merge with: plain masked attention
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, keys.unsqueeze(0), values.unsqueeze(0), attn_mask=plan.private_mask, scale=scale,
-            enable_gqa=heads != kv_heads)
+            query, keys[None], values[None], attn_mask=plan.private_mask, scale=scale, enable_gqa=groups > 1)
         return out.transpose(1, 2), None
-    out, lse = _attend(q, keys, values, scale, softcap, plan.private_mask)
-    for seg, idx in plan.groups:
-        o_s, lse_s = _attend(q[:, :, idx], seg.keys[layer], seg.values[layer], scale, softcap)
-        lse_old = lse[:, :, idx]
-        lse_new = torch.logaddexp(lse_old, lse_s)
-        out[:, :, idx] = (out[:, :, idx] * torch.exp(lse_old - lse_new).unsqueeze(-1)
-                          + o_s * torch.exp(lse_s - lse_new).unsqueeze(-1))
-        lse[:, :, idx] = lse_new
+    if plan.bias is None:
+        plan.bias = torch.zeros(plan.private_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
+            ~plan.private_mask, float("-inf")).repeat(groups, 1)
+    q = query[0].view(kv_heads, groups, total, dim)
+    # every part of the keys (the private ones, then each stored segment) gives (out, lse) for its tokens;
+    # the parts are merged at the end by their log-sum-exp
+    outs = query.new_zeros((len(plan.groups) + 1, kv_heads, groups, total, dim), dtype=torch.float32)
+    lses = query.new_full((len(plan.groups) + 1, kv_heads, groups, total), float("-inf"), dtype=torch.float32)
+    outs[0], lses[0] = _attend(q, keys, values, scale, softcap, plan.bias, plan.private_mask)
+    for part, (seg, idx) in enumerate(plan.groups, start=1):
+        if idx is None:
+            outs[part], lses[part] = _attend(q, seg.keys[layer], seg.values[layer], scale, softcap)
+        else:
+            o, lse = _attend(q.index_select(2, idx), seg.keys[layer], seg.values[layer], scale, softcap)
+            outs[part].index_copy_(2, idx, o)
+            lses[part].index_copy_(2, idx, lse)
+    weights = torch.softmax(lses, dim=0).unsqueeze(-1)
+    out = (outs * weights).sum(dim=0)
     return out.to(query.dtype).reshape(heads, total, dim).transpose(0, 1).unsqueeze(0), None
 
 
