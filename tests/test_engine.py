@@ -175,11 +175,13 @@ def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
 
 def test_rows_sharing_a_prefix_attend_to_one_stored_copy():
     seg = Segment([torch.zeros(2, 50, 8)], [torch.zeros(2, 50, 8)], 0, tuple(range(50)))
-    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)]
+    other = Segment([torch.zeros(2, 5, 8)], [torch.zeros(2, 5, 8)], 0, tuple(range(5)))
+    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)] + [Row(base=(other,), tokens=[2, 3])]
     _, _, _, plan = plan_forward(rows, "cpu")
-    assert len(plan.groups) == 1 and plan.groups[0][0] is seg
+    assert [g[0] for g in plan.groups] == [seg, other]
     assert plan.groups[0][1].tolist() == list(range(10))  # every row's token reads that one segment
-    assert plan.private_mask.shape == (10, 10)  # the private part is the rows' own tokens, not the prefix
+    assert plan.groups[1][1].tolist() == [10, 11]
+    assert plan.private_mask.shape == (12, 12)  # the private part is the rows' own tokens, not the prefix
     assert seg.crop(20).keys[0].data_ptr() == seg.keys[0].data_ptr()  # a crop is a view
 
 
