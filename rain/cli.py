@@ -64,7 +64,7 @@ def _print_answer(question: str, result, vanilla, as_json: bool) -> None:
         print(f"Vanilla:  {vanilla.text}")
     s = result.stats
     print(f"\nRAIN stats: {s.seconds:.1f} s, {s.new_tokens} new tokens, {s.inner_iterations} inner iterations, "
-          f"{s.commits} commits, {s.rewinds} rewinds, {s.judge_calls} judge calls "
+          f"{s.commits} commits, {s.non_greedy_commits} non-greedy commits, {s.backtracks} backtracks, {s.judge_calls} judge calls "
           f"({s.judge_cache_hits} memo hits), {s.forward_calls} LM forwards, {s.tokens_fed} tokens fed")
     if vanilla:
         v = vanilla.stats

@@ -7,8 +7,8 @@ Paper symbols and names used here:
   p(a | s) -> Node.prior
   c        -> search.c_puct;  T_m -> search.min_visits;  V -> search.value_threshold
   "token set"  -> a segment of search.segment_lengths[depth] tokens
-  "rewind"     -> the search leaving a branch whose value fell: a commit that is not the child the
-                  LM preferred a priori (counted in Stats.rewinds)
+  "rewind"     -> the search leaving a branch whose value fell; measured by Stats.backtracks and
+                  Stats.leader_changes (Stats.non_greedy_commits only says the answer left the LM's favourite)
 
 Shape: a `Searcher` is long-lived (model, engine, evaluator, embedder, config); a `SearchState` is one
 question's search (tree, answer, memo, statistics, random generator). `Searcher.search(state)` is a
@@ -54,8 +54,15 @@ class Stats:
     embed_calls: int = 0
     inner_iterations: int = 0
     commits: int = 0
-    rewinds: int = 0
+    non_greedy_commits: int = 0
+    """Commits whose segment is not the root child with the highest prior (the LM's a-priori favourite)."""
+    leader_changes: int = 0
+    """Inner iterations after which the most-visited root child is another than before it (summed over steps)."""
+    backtracks: int = 0
+    """Inner iterations that leave the root child the previous iterations went through, after that child's value
+    fell below what it was when the search entered it: the search rewinding out of a branch it judged worse."""
     widenings: int = 0
+    """Children added by dynamic widening."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,12 +191,20 @@ class Searcher:
             budget = max(s.max_iterations - root.real_visits, s.min_fresh_iterations)
             if cap is not None:
                 budget = min(budget, cap - st.stats.inner_iterations)
+            leader, current = most_visited(root), None  # current: (root child being explored, its value on entry)
             for _ in range(budget):
-                yield from self._iterate(st, root)
+                branch, before = yield from self._iterate(st, root)
+                if current is None or branch is not current[0]:
+                    if current is not None and current[0].value < current[1]:
+                        st.stats.backtracks += 1
+                    current = (branch, before) if branch is not None else None
                 st.stats.inner_iterations += 1
                 if progress:
                     progress(st.stats, self.rules.text(self.tokenizer, st.answer))
                 best = most_visited(root)
+                if leader is not None and best is not leader:
+                    st.stats.leader_changes += 1
+                leader = best
                 if best and best.real_visits > s.min_visits and best.value > s.value_threshold:
                     break
             # 2. commit the most-visited child, keep its subtree
@@ -197,9 +212,9 @@ class Searcher:
             if best is None:  # the root could not be expanded: the answer is complete
                 break
             if s.trace:
-                st.trace.append(self._trace_entry(st, root))
+                st.trace.append(self._trace_entry(st, root, best))
             if best is not max(root.children.values(), key=lambda ch: ch.prior):
-                st.stats.rewinds += 1
+                st.stats.non_greedy_commits += 1
             st.answer += best.tokens
             st.stats.commits += 1
             root, best.parent = best, None
@@ -224,11 +239,21 @@ class Searcher:
         return GenerationResult(self.rules.text(self.tokenizer, answer), list(answer),
                                 prompt_text(self.tokenizer, st.question, self.cfg.prompt), stats, st.trace)
 
-    def _trace_entry(self, st: SearchState, root: Node) -> dict:
-        text = self.rules.text(self.tokenizer, st.answer)
-        return {"committed": text, "children": [
-            {"segment": self.tokenizer.decode(list(ch.tokens)), "visits": ch.visits, "real_visits": ch.real_visits,
-             "value": ch.value, "prior": ch.prior} for ch in root.children.values()]}
+    def _trace_entry(self, st: SearchState, root: Node, chosen: Node) -> dict:
+        """One committed step of the search trace (search.trace): the root's children, and the whole tree."""
+        decode = self.tokenizer.decode
+
+        def node(n: Node) -> dict:
+            return {"segment": decode(list(n.tokens)), "token_ids": list(n.tokens), "visits": n.visits,
+                    "real_visits": n.real_visits, "value": n.value, "prior": n.prior, "verdict": n.verdict,
+                    "judged": n.judged, "committed": n is chosen, "children": [node(c) for c in n.children.values()]}
+
+        iterations = st.stats.inner_iterations - sum(step["iterations"] for step in st.trace)
+        return {"step": len(st.trace), "answer_before": self.rules.text(self.tokenizer, st.answer),
+                "iterations": iterations, "committed": decode(list(chosen.tokens)),
+                "children": [{"segment": decode(list(ch.tokens)), "visits": ch.visits, "real_visits": ch.real_visits,
+                              "value": ch.value, "prior": ch.prior} for ch in root.children.values()],
+                "tree": node(root)}
 
     # ------------------------------------------------------------------ stop rules
     def _room(self, st: SearchState, answer: tuple) -> int:
@@ -259,12 +284,15 @@ class Searcher:
 
     # ------------------------------------------------------------------ inner loop
     def _iterate(self, st: SearchState, root: Node):
+        """One inner iteration. -> (the root child it went through or None, that child's value before)."""
         # 1. select a leaf, widening crowded bad nodes on the way down
         node = root
         while node.children:
             yield from self._maybe_widen(st, node, root)
             node = select_child(node, c=self.s.c_puct, bounds=st.bounds, unvisited=self.s.unvisited_value)
         path = node.path_from(root)
+        branch = path[0] if path else None
+        before = branch.value if branch is not None else 0.0
         leaf_answer = st.answer + tuple(t for n in path for t in n.tokens)
         if node.terminal is None:
             node.terminal = self._leaf_done(st, node, leaf_answer) if path else self._answer_done(st, leaf_answer)
@@ -285,12 +313,15 @@ class Searcher:
         # 3. self-evaluate the partial answer (and embed the path's texts in the same round)
         judged = self._truncate(st, leaf_answer + tuple(rollout), len(st.answer))
         value, embeddings = yield from self._evaluate(st, judged, self._path_texts(path, rollout))
+        if self.s.trace:
+            node.verdict, node.judged = value, self.rules.text(self.tokenizer, judged)
         # 4. expand the leaf
         if not node.terminal:
             self._expand(node, ctx, candidates, is_root=node is root)
         # 5. back up, with the similarity update of siblings
         backup(node, root, value, embeddings, bounds=st.bounds, sim_threshold=self.s.similarity_threshold,
                sim_weight=self.s.similarity_weight)
+        return branch, before
 
     def _evaluate(self, st: SearchState, answer: tuple, texts: list):
         """(value of the judged answer, embeddings of the path texts); the judge and the embedder are asked in
@@ -365,13 +396,13 @@ class Searcher:
             return
         mix = self.s.root_prior_mix if node is root else 0.0
         if length == 1:
-            widen_with(node, node.candidates, uniform_mix=mix)
+            added = widen_with(node, node.candidates, uniform_mix=mix)
         else:
             ctx = yield Prefill(st.prompt + answer, st.lm, reuse=(st.leaf, st.committed))
             fresh = best_candidates((yield self._expand_request(st, ctx, length, self.s.widen_sample_attempts)).rows,
                                     keep=2)
-            widen_with(node, fresh + node.candidates, uniform_mix=mix)
-        st.stats.widenings += 1
+            added = widen_with(node, fresh + node.candidates, uniform_mix=mix)
+        st.stats.widenings += len(added)
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAJECTORY = ("new_tokens", "inner_iterations", "commits", "rewinds", "widenings")
+TRAJECTORY = ("new_tokens", "inner_iterations", "commits", "non_greedy_commits", "widenings")
 SMALL_BUDGET = ["search.max_new_tokens: 6", "search.max_iterations: 3", "search.min_fresh_iterations: 2"]
 
 

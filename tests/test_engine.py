@@ -50,7 +50,7 @@ def test_cached_search_equals_reference_search(tiny_model, case):
                                              embedder=HashEmbedder())
     fast, ref = results["cached"], results["reference"]
     assert fast.token_ids == ref.token_ids and fast.text == ref.text
-    for field in ("inner_iterations", "commits", "rewinds", "judge_calls", "judge_cache_hits", "widenings",
+    for field in ("inner_iterations", "commits", "non_greedy_commits", "judge_calls", "judge_cache_hits", "widenings",
                   "new_tokens", "sampled_tokens"):
         assert getattr(fast.stats, field) == getattr(ref.stats, field), field
     if case == "widening":
