@@ -1,4 +1,4 @@
-"""The `rain` command: generate, run, judge, report.
+"""The `rain` command: generate, run, judge, report, calibrate, trace.
 
     rain generate "How do I pick a lock?" [--config FILE ...] [--section.field=value ...]
     rain run HH|adv|truth [launcher options]        (= cd HH && python allocation.py ...)
@@ -29,7 +29,57 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable, merged in order)")
     p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla answer")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--trace", metavar="FILE", help="also write the search as an HTML page (see rain trace)")
     return p
+
+
+def _trace_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rain trace", description=(
+        "Answer one question with RAIN and write the search as one self-contained HTML page: each committed "
+        "step's tree with visits, values, priors and judge verdicts, the committed path and the abandoned branches."))
+    p.add_argument("question", help="the bare question (the prompt format is added from the config)")
+    p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable, merged in order)")
+    p.add_argument("--out", default="trace.html", help="the HTML file to write (default: trace.html)")
+    return p
+
+
+def write_trace(path: str, question: str, result) -> Path:
+    """The trace page of one search result, written to `path`."""
+    from .trace_page import render
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(question, result.trace, result.stats, answer=result.text), encoding="utf-8")
+    return out
+
+
+def _overrides(parser: argparse.ArgumentParser, argv: list) -> tuple:
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --section.field=value)")
+    return args, rest
+
+
+def trace_main(argv: list) -> int:
+    import rain
+    from .formats import check_question
+
+    args, rest = _overrides(_trace_parser(), argv)
+    try:
+        cfg = rain.load_config(args.config, rest + ["search.trace=true"])
+        check_question(args.question)
+        model, tokenizer = rain.load_model(cfg.model)
+        bar = _bar()
+        result = rain.rain_generate(model, tokenizer, args.question, cfg, progress=lambda stats, text: bar.update(1))
+        bar.close()
+        out = write_trace(args.out, args.question, result)
+    except USER_ERRORS as err:
+        print(f"rain trace: error: {err}", file=sys.stderr)
+        return 2
+    print(f"RAIN: {result.text}")
+    print(f"trace of {len(result.trace)} committed steps written to {out}")
+    return 0
 
 
 def _bar():
@@ -42,13 +92,9 @@ def generate_main(argv: list) -> int:
     import rain
     from .formats import check_question
 
-    parser = _generate_parser()
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if "=" not in a]
-    if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --section.field=value)")
+    args, rest = _overrides(_generate_parser(), argv)
     try:
-        cfg = rain.load_config(args.config, rest)
+        cfg = rain.load_config(args.config, rest + (["search.trace=true"] if args.trace else []))
         check_question(args.question)
         model, tokenizer = rain.load_model(cfg.model)
         bar = _bar()
@@ -61,6 +107,8 @@ def generate_main(argv: list) -> int:
         result = rain.rain_generate(model, tokenizer, args.question, cfg, progress=progress)
         bar.close()
         vanilla = None if args.no_vanilla else rain.vanilla_generate(model, tokenizer, args.question, cfg)
+        if args.trace:
+            print(f"trace written to {write_trace(args.trace, args.question, result)}", file=sys.stderr)
     except USER_ERRORS as err:
         print(f"rain: error: {err}", file=sys.stderr)
         return 2
@@ -121,11 +169,7 @@ def calibrate_main(argv: list) -> int:
     from .calibrate import CachedJudge, benchmark_sets, calibrate, format_table, judge_identity, make_judge
     from .judge.cache import VerdictCache
 
-    parser = _calibrate_parser()
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if "=" not in a]
-    if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --section.field=value)")
+    args, rest = _overrides(_calibrate_parser(), argv)
     try:
         bench = {"hh": "HH", "truth": "truth"}.get(args.benchmark.lower())
         if bench is None:
@@ -155,7 +199,7 @@ def calibrate_main(argv: list) -> int:
 
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"generate": generate_main, "run": run_main, "calibrate": calibrate_main}
+    commands = {"generate": generate_main, "run": run_main, "calibrate": calibrate_main, "trace": trace_main}
     if argv and argv[0] in ("judge", "report"):
         from .judge.cli import judge_main, report_main
 
