@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from typing import Optional
 
 CSS = """
@@ -29,16 +30,16 @@ h1{font-size:22px;margin:0 0 6px}h2{font-size:17px;margin:22px 0 8px}
 .answer{font:14px/1.7 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;background:#fbfbfd;
  border:1px solid #ddd;border-radius:6px;padding:10px 12px}
 .answer a{color:inherit;text-decoration:none;border-bottom:3px solid var(--c);padding:0 1px}
-.answer a.rewound{background:#fff1d6}
+.answer a.flagged{background:#fff1d6}
 .answer sup{font-size:10px;color:#888}
 table.stats{border-collapse:collapse}table.stats td{padding:2px 12px 2px 0}
 table.stats td.k{color:#555}
 .steps{margin:0;padding-left:22px}.steps li{margin:2px 0}
 .badge{display:inline-block;font-size:11px;border-radius:9px;padding:0 7px;margin-left:6px;background:#eee;color:#444}
-.badge.rewind{background:#ffd98a;color:#5a3b00}
+.badge.rewind{background:#f6c2b8;color:#6b1a0b}.badge.nongreedy{background:#ffd98a;color:#5a3b00}
 .step{border-top:1px solid #ddd;margin-top:18px}
 .why{background:#fff8e8;border-left:4px solid #f0b000;padding:6px 10px;margin:6px 0 10px}
-.why.greedy{background:#f2f8f2;border-color:#7bb77b}
+.why.plain{background:#f2f8f2;border-color:#7bb77b}
 ul.tree,ul.tree ul{list-style:none;margin:0;padding-left:22px}
 ul.tree{padding-left:0}
 .row{display:grid;grid-template-columns:minmax(260px,1fr) 70px 44px 120px 62px 62px;gap:8px;align-items:center;
@@ -146,22 +147,47 @@ def describe(node: dict) -> str:
             f"{num(node.get('verdict'), '+.2f')})")
 
 
-def why(step: dict) -> tuple:
-    """(css class, sentence): did the commit follow the LM's preference, and if not, what the search saw."""
+@dataclass(frozen=True)
+class Reading:
+    """What one step's tree says: whether the commit was the LM's first choice, and what the search left."""
+
+    non_greedy: bool
+    """The committed segment is not the root child with the highest prior (what greedy decoding would take)."""
+    rewound_from: list
+    """Root children the search explored, saw judged bad (value < 0) and did not commit: where it rewound."""
+    sentence: str
+
+
+def read_step(step: dict) -> Reading:
     root = step["tree"]
     chosen, greedy = committed_child(root), greedy_child(root)
     if chosen is None:
-        return "why greedy", "Nothing committed: the root could not be expanded (the answer is complete)."
-    visited = [c for c in root["children"] if (c.get("visits") or 0) > 0 and c is not chosen]
-    bad = [c for c in visited if (c.get("value") or 0) < 0]
-    if greedy is None or greedy is chosen:
-        text = f"Committed the LM's own first choice {describe(chosen)}."
+        return Reading(False, [], "Nothing committed: the root could not be expanded (the answer is complete).")
+    explored = [c for c in root["children"] if (c.get("real_visits") or c.get("visits") or 0) > 0 and c is not chosen]
+    bad = sorted((c for c in explored if (c.get("value") or 0) < 0), key=lambda c: c["value"])
+    non_greedy = greedy is not None and greedy is not chosen
+    if non_greedy:
+        text = f"Not the LM's first choice: {describe(greedy)} was set aside for {describe(chosen)}."
     else:
-        text = (f"Rewound: the LM's first choice {describe(greedy)} was set aside for {describe(chosen)}.")
-    if visited:
-        text += f" {len(visited)} other explored branch{'es' if len(visited) != 1 else ''} abandoned"
-        text += f", {len(bad)} of them judged bad (value < 0)." if bad else "."
-    return ("why greedy" if greedy is None or greedy is chosen else "why"), text
+        text = f"The LM's first choice was committed: {describe(chosen)}."
+    if bad:
+        text += (f" The search rewound from {len(bad)} explored branch{'es' if len(bad) != 1 else ''} judged bad: "
+                 + "; ".join(f"\u00ab{esc(c['segment'])}\u00bb (value {num(c.get('value'), '+.3f')} after "
+                             f"{num(c.get('real_visits'), 'd')} real visits)" for c in bad) + ".")
+    elif explored:
+        text += f" {len(explored)} other explored branch{'es' if len(explored) != 1 else ''}, none judged bad."
+    counts = [f"{label} {step[key]}" for key, label in (("leader_changes", "leading-child changes"),
+                                                        ("backtracks", "backtracks")) if step.get(key) is not None]
+    if counts:
+        text += " During this step: " + ", ".join(counts) + "."
+    return Reading(non_greedy, bad, text)
+
+
+def badges(reading: Reading) -> str:
+    out = ' <span class="badge nongreedy">non-greedy</span>' if reading.non_greedy else ""
+    if reading.rewound_from:
+        out += f' <span class="badge rewind">rewound \u00d7{len(reading.rewound_from)}</span>'
+    return out
 
 
 # ----------------------------------------------------------------------------- the tree
@@ -217,29 +243,32 @@ def child_kind(child: dict, parent_kind: str) -> str:
 
 def step_html(step: dict) -> str:
     k = step["step"]
-    css, sentence = why(step)
+    reading = read_step(step)
+    css = "why" if reading.non_greedy or reading.rewound_from else "why plain"
     iterations = "" if step.get("iterations") is None else f'<span class="badge">{step["iterations"]} iterations</span>'
-    rewound = '<span class="badge rewind">rewound</span>' if css == "why" else ""
+    rewound = badges(reading)
     head = ('<div class="row head"><span>segment</span><span class="num">visits</span><span class="num">real</span>'
             '<span class="num">value</span><span class="num">prior</span><span class="num">verdict</span></div>')
     return (f'<section class="step" id="step-{k}" data-step="{k}"><h2>Step {k}: committed '
             f'<span class="seg">\u00ab{show_segment(step["committed"])}\u00bb</span>{iterations}{rewound}</h2>'
             f'<p class="answer-before">Answer before this step: <span class="seg">{esc(step["answer_before"]) or "(empty)"}'
-            f'</span></p><p class="{css}">{sentence}</p>{head}'
+            f'</span></p><p class="{css}">{reading.sentence}</p>{head}'
             f'<ul class="tree">{node_html(step["tree"], kind="root", depth=0)}</ul></section>')
 
 
 # ----------------------------------------------------------------------------- the page
 
-def answer_html(steps: list) -> str:
-    """The answer as one span per committed segment, coloured by its value, linked to its step."""
+def answer_html(steps: list, readings: list) -> str:
+    """The answer as one span per committed segment, coloured by its value, linked to its step; steps where the
+    search rewound or the commit was not greedy are shaded."""
     spans = []
-    for step in steps:
+    for step, reading in zip(steps, readings):
         chosen = committed_child(step["tree"])
-        rewound = why(step)[0] == "why"
         value = chosen.get("value") if chosen else None
-        title = f"step {step['step']}: value {num(value, '+.3f')}" + (", rewound" if rewound else "")
-        spans.append(f'<a href="#step-{step["step"]}" class="{"rewound" if rewound else ""}" '
+        notes = (["not the LM's first choice"] if reading.non_greedy else []) + (
+            [f"rewound from {len(reading.rewound_from)} bad branches"] if reading.rewound_from else [])
+        title = "; ".join([f"step {step['step']}: value {num(value, '+.3f')}"] + notes)
+        spans.append(f'<a href="#step-{step["step"]}" class="{"flagged" if notes else ""}" '
                      f'style="--c:{colour(value)}" title="{esc(title)}">{esc(step["committed"])}</a>'
                      f'<sup>{step["step"]}</sup>')
     return "".join(spans)
@@ -263,11 +292,12 @@ def embedded_json(data) -> str:
 def render(question: str, trace: list, stats=None, *, answer: Optional[str] = None) -> str:
     """The whole page for one question's search (see the module docstring for the trace schema)."""
     steps = [normalise(entry, index) for index, entry in enumerate(trace)]
-    rewinds = sum(why(s)[0] == "why" for s in steps)
-    badge = ' <span class="badge rewind">rewound</span>'
+    readings = [read_step(step) for step in steps]
     overview = "".join(
         f'<li><a href="#step-{s["step"]}">step {s["step"]}</a>: <span class="seg">\u00ab{show_segment(s["committed"])}'
-        f'\u00bb</span>{badge if why(s)[0] == "why" else ""}</li>' for s in steps)
+        f'\u00bb</span>{badges(r)}</li>' for s, r in zip(steps, readings))
+    non_greedy = sum(r.non_greedy for r in readings)
+    rewound = sum(bool(r.rewound_from) for r in readings)
     final = f'<p>Final answer: <span class="seg" id="final">{esc(answer)}</span></p>' if answer is not None else ""
     body = "".join(step_html(s) for s in steps) or "<p>The trace is empty (search.trace was off?).</p>"
     return f"""<!DOCTYPE html>
@@ -277,10 +307,12 @@ def render(question: str, trace: list, stats=None, *, answer: Optional[str] = No
 <h1>RAIN search trace</h1>
 <p class="question">{esc(question)}</p>
 <h2>Answer, step by step</h2>
-<p class="answer" id="answer">{answer_html(steps)}</p>
+<p class="answer" id="answer">{answer_html(steps, readings)}</p>
 {final}
-<p>{len(steps)} committed steps, {rewinds} where the commit was not the LM's first choice
-(<span class="badge rewind">rewound</span>); <span id="node-count">?</span> nodes shown,
+<p><span id="step-count">{len(steps)}</span> committed steps; in <span id="rewound-steps">{rewound}</span> the
+search rewound from explored branches judged bad (<span class="badge rewind">rewound</span>), in
+<span id="non-greedy-steps">{non_greedy}</span> the commit was not the LM's first choice
+(<span class="badge nongreedy">non-greedy</span>); <span id="node-count">?</span> nodes shown,
 <span id="abandoned-count">?</span> of them on abandoned branches.</p>
 <ol class="steps" start="0">{overview}</ol>
 {stats_html(stats)}

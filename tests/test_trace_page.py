@@ -130,12 +130,20 @@ def test_committed_path_and_abandoned_branches_are_marked():
     assert sum("kept" in n["classes"] for n in step0) == 2
 
 
-def test_rewound_steps_are_flagged_with_the_reason():
-    text = render(QUESTION, lock_trace(), STATS)
-    assert text.count('class="badge rewind"') == 3  # the summary sentence, then step 0 in the list and its heading
-    assert "Rewound: the LM&#x27;s first choice" not in text  # the sentence is HTML, not escaped twice
-    assert "Rewound: the LM's first choice \u00ab Sure\u00bb (prior 0.520, value -0.667 over 6 real visits" in text
-    assert "Committed the LM's own first choice \u00ab can&#x27;t\u00bb" in text
+def test_rewinds_and_non_greedy_commits_are_flagged_with_the_reason():
+    trace = lock_trace()
+    trace[1]["leader_changes"], trace[1]["backtracks"] = 3, 2  # per-step counts, when the search records them
+    text = render(QUESTION, trace, STATS)
+    # step 0 only: once in the step list and once in its heading, plus the sample badge in the summary sentence
+    assert text.count('class="badge rewind"') == 3 and text.count('class="badge nongreedy"') == 3
+    assert "rewound \u00d71" in text
+    assert ("Not the LM's first choice: \u00ab Sure\u00bb (prior 0.520, value -0.667 over 6 real visits, last "
+            "verdict -1.00) was set aside for \u00ab I\u00bb (prior 0.310, value +0.833") in text
+    assert "The search rewound from 1 explored branch judged bad: \u00ab Sure\u00bb (value -0.667 after 6 real" in text
+    assert "The LM's first choice was committed: \u00ab can&#x27;t\u00bb" in text
+    assert "1 other explored branch, none judged bad. During this step: leading-child changes 3, backtracks 2." in text
+    page = Page(text)
+    assert (page.ids["step-count"], page.ids["rewound-steps"], page.ids["non-greedy-steps"]) == ("3", "1", "1")
 
 
 def test_older_traces_render_as_one_level_trees():
