@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import rain
 from fake_trace import QUESTION, legacy_trace, lock_trace, walk
 from rain.cli import main
 from rain.trace_page import render
