@@ -1,8 +1,10 @@
-"""The `rain` command: generate, run, judge, report.
+"""The `rain` command: generate, run, judge, report, calibrate, trace.
 
     rain generate "How do I pick a lock?" [--config FILE ...] [--section.field=value ...]
     rain generate --file QUESTIONS.txt [--batch_size=8] [--json]   (one question per line)
     rain run HH|adv|truth [launcher options]        (= cd HH && python allocation.py ...)
+    rain calibrate HH|truth [--data FILE] [--limit N] [--config FILE ...]   (can this model judge itself?)
+    rain trace "How do I pick a lock?" [--out trace.html] [--config FILE ...]   (the search as an HTML page)
     rain judge RESULTS.json [options]                (see rain/judge/README.md)
     rain report SCORED.json ... [options]
 
@@ -29,7 +31,57 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable, merged in order)")
     p.add_argument("--no-vanilla", action="store_true", help="skip the vanilla answer")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--trace", metavar="FILE", help="also write the search as an HTML page (see rain trace)")
     return p
+
+
+def _trace_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rain trace", description=(
+        "Answer one question with RAIN and write the search as one self-contained HTML page: each committed "
+        "step's tree with visits, values, priors and judge verdicts, the committed path and the abandoned branches."))
+    p.add_argument("question", help="the bare question (the prompt format is added from the config)")
+    p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable, merged in order)")
+    p.add_argument("--out", default="trace.html", help="the HTML file to write (default: trace.html)")
+    return p
+
+
+def write_trace(path: str, question: str, result) -> Path:
+    """The trace page of one search result, written to `path`."""
+    from .trace_page import render
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(question, result.trace, result.stats, answer=result.text), encoding="utf-8")
+    return out
+
+
+def _overrides(parser: argparse.ArgumentParser, argv: list) -> tuple:
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --section.field=value)")
+    return args, rest
+
+
+def trace_main(argv: list) -> int:
+    import rain
+    from .formats import check_question
+
+    args, rest = _overrides(_trace_parser(), argv)
+    try:
+        cfg = rain.load_config(args.config, rest + ["search.trace=true"])
+        check_question(args.question)
+        model, tokenizer = rain.load_model(cfg.model)
+        bar = _bar()
+        result = rain.rain_generate(model, tokenizer, args.question, cfg, progress=lambda stats, text: bar.update(1))
+        bar.close()
+        out = write_trace(args.out, args.question, result)
+    except USER_ERRORS as err:
+        print(f"rain trace: error: {err}", file=sys.stderr)
+        return 2
+    print(f"RAIN: {result.text}")
+    print(f"trace of {len(result.trace)} committed steps written to {out}")
+    return 0
 
 
 def _bar():
@@ -79,13 +131,12 @@ def generate_main(argv: list) -> int:
     from .formats import check_question
 
     parser = _generate_parser()
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if "=" not in a]
-    if bad:
-        parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --section.field=value)")
+    args, rest = _overrides(parser, argv)
     try:
-        cfg = rain.load_config(args.config, rest)
         questions = _questions(args, parser)
+        if args.trace and len(questions) > 1:
+            raise ValueError("--trace draws one search: give one question, not --file")
+        cfg = rain.load_config(args.config, rest + (["search.trace=true"] if args.trace else []))
         for question in questions:
             check_question(question)
         model, tokenizer = rain.load_model(cfg.model)
@@ -103,6 +154,8 @@ def generate_main(argv: list) -> int:
             vanilla = None if args.no_vanilla else rain.vanilla_generate(model, tokenizer, questions[0],
                                                                            searcher=searcher)
             _print_answer(questions[0], result, vanilla, args.json)
+            if args.trace:
+                print(f"trace written to {write_trace(args.trace, questions[0], result)}", file=sys.stderr)
             return 0
         jobs = ((i, q, cfg.search.seed + i, mode) for i, q in enumerate(questions))
         for i, out in generate_many(searcher, jobs, batch_size=cfg.run.batch_size):
@@ -127,9 +180,62 @@ def run_main(argv: list) -> int:
     return launcher_main(argv[1:], benchmark=bench, default_config=ROOT / "configs" / f"{bench.lower()}.yaml")
 
 
+def _calibrate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rain calibrate", description=(
+        "Self-evaluation accuracy of a model under a config, on labelled data: run it before a RAIN run "
+        "(see README, 'Can this model judge itself?')."))
+    p.add_argument("benchmark", help="HH (the harm judge: HH-RLHF pairs and the project's labelled set) or truth "
+                                     "(the truth judge: TruthfulQA correct vs incorrect answers)")
+    p.add_argument("--data", help="HH: an hh-rlhf file with chosen/rejected pairs (harmless-base .jsonl.gz; "
+                                  "without it only the labelled set is judged); truth: TruthfulQA.csv "
+                                  "(without it the hub's truthful_qa)")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML applied after configs/hh.yaml or truth.yaml (repeatable), e.g. a configs/models/ file")
+    p.add_argument("--limit", type=int, help="at most this many pairs (questions) per data set")
+    p.add_argument("--out", help="JSON report (default: calibration-<benchmark>-<model>.json)")
+    p.add_argument("--cache", help="verdict cache, JSONL (default: .calibrate_cache.jsonl beside --out)")
+    p.add_argument("--no-cache", action="store_true", help="keep verdicts in memory only")
+    return p
+
+
+def calibrate_main(argv: list) -> int:
+    import rain
+    from tqdm import tqdm
+
+    from .calibrate import CachedJudge, benchmark_sets, calibrate, format_table, judge_identity, make_judge
+    from .judge.cache import VerdictCache
+
+    args, rest = _overrides(_calibrate_parser(), argv)
+    try:
+        bench = {"hh": "HH", "truth": "truth"}.get(args.benchmark.lower())
+        if bench is None:
+            raise ValueError(f"benchmark must be HH or truth, got {args.benchmark!r}")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        cfg = rain.load_config([ROOT / "configs" / f"{bench.lower()}.yaml"] + args.config, rest)
+        sets = benchmark_sets(bench, args.data, args.limit)
+        out = Path(args.out or f"calibration-{bench.lower()}-{Path(cfg.model.name).name}.json")
+        cache = VerdictCache(None if args.no_cache else Path(args.cache or out.parent / ".calibrate_cache.jsonl"))
+        model, tokenizer = rain.load_model(cfg.model)
+        evaluator = make_judge(model, tokenizer, cfg.judge)
+        judge = CachedJudge(evaluator, model_name=cfg.model.name, cache=cache, template=judge_identity(evaluator))
+        with tqdm(total=sum(len(cases) for _, cases, _, _ in sets), desc="judging", unit="answer",
+                  file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
+            report = calibrate(cfg, judge, sets, progress=lambda: bar.update(1))
+    except USER_ERRORS as err:
+        print(f"rain calibrate: error: {err}", file=sys.stderr)
+        return 2
+    report["cache"] = {"path": None if cache.path is None else str(cache.path), "hits": cache.hits}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_table(report))
+    print(f"report written to {out}")
+    return 0
+
+
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"generate": generate_main, "run": run_main}
+    commands = {"generate": generate_main, "run": run_main, "calibrate": calibrate_main, "trace": trace_main}
     if argv and argv[0] in ("judge", "report"):
         from .judge.cli import judge_main, report_main
 

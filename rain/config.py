@@ -20,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 PROMPT_FORMATS = ("fewshot", "chat", "vicuna", "llama2chat", "raw")
+JUDGE_FORMATS = ("raw", "chat", "llama2chat")
 
 
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -160,11 +161,14 @@ class JudgeConfig:
     """Self-evaluation: the prompt files, the option letters and how a verdict becomes a value."""
 
     format: str = "raw"
-    """raw (plain text prompt, for base models) or chat (wrapped in the tokenizer's chat template)."""
+    """raw (the prompt files as plain text, for base models), chat (the user's part wrapped in the tokenizer's
+    chat template, the open answer starting the assistant's turn) or llama2chat ('[INST] ... [/INST]' written
+    out, as the official truth judge does for Llama-2-chat)."""
     instruction_file: str = "harm_instruction.txt"
     """Instruction plus worked examples (the official f2.txt's role): a path or a name in rain/prompts/."""
     options_files: tuple = ("harm_options_ab.txt", "harm_options_ba.txt")
-    """One options block per option order (official r1.txt, r2.txt); each ends with the open answer."""
+    """One options block per option order (official r1.txt, r2.txt); its last line is the open answer the
+    model continues ('The answer is: ('); a block of one line is a question answered directly (truth)."""
     good_options: tuple = ("A", "B")
     """Per options file, the option that means the answer is good (harmless / truthful)."""
     bad_options: tuple = ("B", "A")
@@ -181,7 +185,8 @@ class JudgeConfig:
     def __post_init__(self):
         for name in ("options_files", "good_options", "bad_options"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        _check(self.format in ("raw", "chat"), "judge.format", "raw or chat", self.format)
+        _check(self.format in JUDGE_FORMATS, "judge.format", ", ".join(JUDGE_FORMATS[:-1]) + " or llama2chat",
+               self.format)
         _check(len(self.options_files) >= 1, "judge.options_files", "a non-empty list", list(self.options_files))
         n = len(self.options_files)
         _check(len(self.good_options) == n, "judge.good_options", f"a list of {n} (one per options file)",

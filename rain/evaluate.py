@@ -19,6 +19,8 @@ from .lm import Counters, Engine, Judge
 from .sampling import common_prefix
 
 SENTINEL = "\u0000RAIN-CONTENT\u0000"
+LLAMA2_HEAD, LLAMA2_TAIL = "[INST] ", " [/INST]"
+"""judge.format=llama2chat: the user's part between these (as the official truth judge writes it, typo fixed)."""
 
 
 def render_conversation(question: str, answer: str, style: str) -> str:
@@ -71,47 +73,74 @@ class SelfEvaluator:
         self.engine, self.tokenizer, self.cfg = engine, tokenizer, cfg
         instruction = read_prompt(cfg.instruction_file)
         options = [read_prompt(f) for f in cfg.options_files]
+        # head / tail: what the format puts around the user's part (instruction, conversation, options body);
+        # the open answer follows the tail, so a chat model reads it as the start of its own turn.
         self.head, self.tail = "", ""
         if cfg.format == "chat":
             self.head, self.tail = self._template_split(tokenizer)
-        # Each options block as written, and split into its body and its open answer line ('The answer is: (').
+        elif cfg.format == "llama2chat":
+            self.head, self.tail = LLAMA2_HEAD, LLAMA2_TAIL
+        # Each options block as written, split into its body and its open answer line ('The answer is: (').
+        # A block of one line is a question answered directly, with no open answer (truth's 'Is the answer
+        # truthful?'): in chat formats it stays in the user's turn and the answer token starts the reply.
         self.blocks = []
         for text in options:
             text = text.rstrip("\r\n")
-            body, _, lead = text.rpartition("\n")
+            body, newline, lead = text.rpartition("\n")
+            if not newline:
+                body, lead = text, ""
             self.blocks.append((text, body.rstrip("\r"), lead))
         self.prefix_text = self.head + instruction.rstrip("\r\n") + "\n\n"
         # the fixed part, prefilled once per process; each judged prompt reuses the longest common prefix
-        self.prefix_ids = tuple(tokenizer(self.prefix_text, add_special_tokens=cfg.format != "chat")["input_ids"])
-        self.good = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.good_options)]
-        self.bad = [option_token_ids(tokenizer, lead, o) for (_, _, lead), o in zip(self.blocks, cfg.bad_options)]
+        self.prefix_ids = tuple(tokenizer(self.prefix_text, add_special_tokens=self._special)["input_ids"])
+        # option ids: the token that follows the text just before the answer (on its line) in the prompt
+        leads = [self._suffix(i, "").rpartition("\n")[2] for i in range(len(self.blocks))]
+        self.good = [option_token_ids(tokenizer, lead, o) for lead, o in zip(leads, cfg.good_options)]
+        self.bad = [option_token_ids(tokenizer, lead, o) for lead, o in zip(leads, cfg.bad_options)]
         self.calls = 0
         self.counters = Counters()  # the work of judge() calls
         self._cut = self._find_cut()
         engine.share(self.prefix_ids)
 
+    @property
+    def _special(self) -> bool:
+        """Whether the tokenizer adds its special tokens (BOS): not for chat, whose template writes them."""
+        return self.cfg.format != "chat"
+
     @staticmethod
     def _template_split(tokenizer) -> tuple:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("judge.format=chat needs a tokenizer with a chat template; this one has none "
-                             "(use judge.format=raw)")
+                             "(use judge.format=raw or llama2chat)")
         text = tokenizer.apply_chat_template([{"role": "user", "content": SENTINEL}], tokenize=False,
                                              add_generation_prompt=True)
         head, _, tail = text.partition(SENTINEL)
         return head, tail
 
     def _suffix(self, i: int, conversation: str) -> str:
+        """Everything after the fixed prefix for option order i: conversation, options, the format's close
+        of the user's part and the open answer."""
         text, body, lead = self.blocks[i]
-        if self.cfg.format == "chat":  # the open answer starts the assistant's turn
-            return conversation + "\n" + body + self.tail + lead
-        return conversation + "\n" + text
+        if self.cfg.format == "raw":
+            return conversation + "\n" + text
+        user = conversation + "\n" + body if body else conversation
+        return user + self.tail + (self.tail_gap + lead if lead else "")
+
+    @property
+    def tail_gap(self) -> str:
+        """Between the closing tag and the open answer: Llama-2-chat replies begin after a space."""
+        return " " if self.cfg.format == "llama2chat" else ""
+
+    def prompt_texts(self, conversation: str) -> list:
+        """The whole judge prompt of each option order as text (for inspection and tests)."""
+        return [self.prefix_text + self._suffix(i, conversation) for i in range(len(self.blocks))]
 
     def _find_cut(self) -> tuple:
         """(cut, token ids of prefix_text[:cut]) such that prefix_text + X tokenizes as those ids followed by the
         tokens of prefix_text[cut:] + X, for any X: the cut sits at the start of the prefix's last line, where a
         tokenizer's pieces cannot reach across (checked here once; whether it holds does not depend on X).
         (0, ()) when no such cut exists: then every prompt is tokenized whole."""
-        special = self.cfg.format != "chat"
+        special = self._special
         cut = self.prefix_text.rstrip("\r\n").rfind("\n") + 1
         if cut <= 0:
             return 0, ()
@@ -125,7 +154,7 @@ class SelfEvaluator:
         """Token ids of prefix_text + suffix, as if tokenized whole (as the official code does), tokenizing only
         the part after the cut: the cost does not grow with the fixed instruction."""
         if not self._cut[0]:
-            return self.tokenizer(self.prefix_text + suffix, add_special_tokens=self.cfg.format != "chat")["input_ids"]
+            return self.tokenizer(self.prefix_text + suffix, add_special_tokens=self._special)["input_ids"]
         tail = self.tokenizer(self.prefix_text[self._cut[0]:] + suffix, add_special_tokens=False)["input_ids"]
         return list(self._cut[1]) + tail
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Optional
 from rain.config import RainConfig, load_config
 from rain.records import RunPaths, ShardWriter, done_ids, merge, ok_record, run_name, skipped_record, \
     write_or_check_meta
-from rain.tasks import Item, load_items
+from rain.tasks import Item, length_filter_text, load_items
 
 Answerer = Callable[[Item], dict]
 
@@ -59,12 +59,15 @@ def rank_from_env(environ=os.environ) -> Optional[Rank]:
 # ----------------------------------------------------------------------------- one prompt
 
 def too_long(tokenizer, item: Item, cfg: RainConfig) -> Optional[str]:
-    """Why a prompt cannot be answered (None if it can): the official length filter and the total limit."""
+    """Why a prompt cannot be answered (None if it can): the official length filter (tokens of the question in
+    its transcript wrapper plus BOS, see `length_filter_text`) and the total limit."""
     import rain
 
-    question_tokens = len(tokenizer(item.prompt, add_special_tokens=False)["input_ids"])
+    counted = length_filter_text(cfg.run.benchmark, item.prompt)
+    question_tokens = len(tokenizer(counted, add_special_tokens=True)["input_ids"])
     if question_tokens >= cfg.run.max_prompt_tokens:
-        return f"prompt has {question_tokens} tokens, run.max_prompt_tokens is {cfg.run.max_prompt_tokens}"
+        return (f"prompt has {question_tokens} tokens as the official filter counts them, "
+                f"run.max_prompt_tokens is {cfg.run.max_prompt_tokens}")
     prompt_tokens = len(rain.prompt_ids(tokenizer, item.prompt, cfg.prompt))
     if prompt_tokens >= cfg.search.max_length:
         return f"formatted prompt has {prompt_tokens} tokens, search.max_length is {cfg.search.max_length}"
