@@ -23,9 +23,10 @@ verdict is obtained (any evaluator callable), or any benchmark.
 
 from __future__ import annotations
 
+import queue
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -417,12 +418,26 @@ class _Task:
         self.embedded: dict = {}  # id(Embed) -> embeddings
 
 
-def drive(searcher, tasks: Iterable, batch_size: int = 1) -> Iterator[tuple]:
+def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
     """Run search generators, up to `batch_size` at a time, serving their requests together: one embedder
     call per round for every search waiting on embeddings, one engine forward per round for all LM work.
-    `tasks` yields (key, generator); yields (key, result) as each finishes (the exception if it raised)."""
+    `tasks` is an iterable of (key, generator), or a `queue.Queue` of them for a long-lived service (a free
+    slot takes a queued task at the next round; an idle driver waits; a None item ends it). Yields
+    (key, result) as each finishes (the exception if it raised). Only `searcher.engine` and
+    `searcher.embedder` are used, so searchers of different configs sharing them run together."""
     engine, embedder = searcher.engine, searcher.embedder
-    source, active = iter(tasks), []
+    active: list = []
+    if isinstance(tasks, queue.Queue):
+        def take():
+            try:
+                return tasks.get(block=not active)
+            except queue.Empty:
+                return _IDLE
+    else:
+        source = iter(tasks)
+
+        def take():
+            return next(source, None)
 
     def advance(task: _Task, value):
         """Run the generator until it waits on unfinished work; -> _PENDING, or its result."""
@@ -450,10 +465,14 @@ def drive(searcher, tasks: Iterable, batch_size: int = 1) -> Iterator[tuple]:
         active = still
         return finished
 
+    ended = False
     while True:
-        while len(active) < batch_size:
-            nxt = next(source, None)
+        while len(active) < batch_size and not ended:
+            nxt = take()
+            if nxt is _IDLE:
+                break
             if nxt is None:
+                ended = True
                 break
             task = _Task(*nxt)
             out = advance(task, None)
@@ -462,7 +481,9 @@ def drive(searcher, tasks: Iterable, batch_size: int = 1) -> Iterator[tuple]:
             else:
                 yield task.key, out
         if not active:
-            return
+            if ended:
+                return
+            continue
         embeds = [(task, item) for task in active for item in task.waiting if isinstance(item, Embed)]
         if embeds:
             vectors = embedder.embed([t for _, e in embeds for t in e.texts])
@@ -477,6 +498,7 @@ def drive(searcher, tasks: Iterable, batch_size: int = 1) -> Iterator[tuple]:
 
 
 _PENDING = object()
+_IDLE = object()
 
 
 def _ready(task: _Task) -> bool:

@@ -69,3 +69,27 @@ def test_a_failing_search_is_reported_with_its_key_and_the_others_finish(tiny_mo
     out, _ = answers(model, tok, cfg, 3, mode="rain", evaluator=evaluator)
     assert isinstance(out[1], ValueError) and "outside [-1, 1]" in str(out[1])
     assert all(out[i]["rain"].stats.commits > 0 for i in out if i != 1)
+
+
+def test_a_queue_feeds_a_long_lived_driver(tiny_model):
+    """A service puts (key, generator) on a queue; free slots take them; a None item ends the driver."""
+    import queue
+    import threading
+
+    from rain.decoding import answer_task
+    from rain.search import drive
+
+    model, tok = tiny_model
+    cfg = rain.load_config(None, ["max_new_tokens=4", "max_iterations=4", "min_fresh_iterations=2"])
+    searcher = Searcher(model, tok, cfg, embedder=HashEmbedder())
+    tasks: queue.Queue = queue.Queue()
+    finished = []
+    worker = threading.Thread(target=lambda: finished.extend(drive(searcher, tasks, batch_size=2)))
+    worker.start()
+    for i, q in enumerate(QUESTIONS[:3]):
+        tasks.put((i, answer_task(searcher, q, 100 + i, "rain")))
+    tasks.put(None)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    expected = dict(generate_many(searcher, [(i, q, 100 + i, "rain") for i, q in enumerate(QUESTIONS[:3])]))
+    assert {k: v["rain"].token_ids for k, v in finished} == {k: v["rain"].token_ids for k, v in expected.items()}
