@@ -1,5 +1,7 @@
 """B searches at once: every prompt's answer and statistics are those of B = 1 (float32, CPU)."""
 
+from pathlib import Path
+
 import pytest
 
 import rain
@@ -44,7 +46,7 @@ def comparable(result):
 @pytest.mark.parametrize("config_file", ["hh.yaml", "truth.yaml"])
 def test_batched_answers_equal_one_at_a_time(tiny_model, config_file):
     model, tok = tiny_model
-    cfg = rain.load_config(f"configs/{config_file}", ["max_new_tokens=10", "max_iterations=8", "min_fresh_iterations=3",
+    cfg = rain.load_config(Path(__file__).resolve().parents[1] / "configs" / config_file, ["max_new_tokens=10", "max_iterations=8", "min_fresh_iterations=3",
                                                       "trace=true"])
     lengths = [len(tok(q)["input_ids"]) for q in QUESTIONS]
     assert max(lengths) > 20 * min(lengths)  # questions of very different lengths share the batches
