@@ -150,7 +150,8 @@ def main() -> None:
         f"{(ref['cpu_seconds'] / ref['inner_iterations']) / (fast['cpu_seconds'] / fast['inner_iterations']):.1f}x",
         f"- tokens fed per inner iteration, reference / cached: "
         f"{(ref['tokens_fed'] / ref['inner_iterations']) / (fast['tokens_fed'] / fast['inner_iterations']):.1f}x",
-        f"- judge prefix prefills in a process: cached {full['judge_prefix_prefills']} "
+        f"- fixed prompt heads (few-shot prompt, judge instruction) prefilled in a process, once each: "
+        f"{full['judge_prefix_prefills']} "
         f"(over {n_full} questions, {full['judge_calls']} judge calls)",
         f"- full answers: {full['seconds'] / n_full:.0f} s per question on average "
         f"({full['new_tokens'] / n_full:.0f} tokens, {full['inner_iterations'] / n_full:.0f} inner iterations)",
