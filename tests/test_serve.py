@@ -407,3 +407,15 @@ def test_serve_command_reports_user_errors_in_one_line(capsys):
     assert main(["serve", "--config", "no/such.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config file not found" in err
+
+
+def test_the_judge_client_can_use_a_rain_server(server, monkeypatch):
+    from rain.judge.client import OpenAIChatClient
+    from rain.judge.config import JudgeConfig
+
+    monkeypatch.setenv("RAIN_TEST_KEY", KEY)
+    config = JudgeConfig(base_url=f"http://127.0.0.1:{server.port}/v1", model=MODEL, api_key_env="RAIN_TEST_KEY",
+                         max_tokens=4, max_retries=0)
+    reply = OpenAIChatClient(config).complete(user(QUESTIONS[6]))
+    direct = server.client().chat.completions.create(model=MODEL, messages=user(QUESTIONS[6]), max_tokens=4)
+    assert reply.text == direct.choices[0].message.content and reply.tokens_out == direct.usage.completion_tokens
