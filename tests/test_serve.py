@@ -243,13 +243,17 @@ def test_eight_concurrent_requests_answer_as_they_do_one_at_a_time(server):
         return client.chat.completions.create(model=MODEL, messages=user(QUESTIONS[i]), seed=100 + i,
                                               max_tokens=8, extra_body={"rain": overrides[i]})
 
+    batches = server.service.base.engine.batches
+    start = (batches.forwards, batches.rows)
     alone = [comparable(ask(i)) for i in range(8)]
-    before = server.service.base.engine.batches.forwards
+    middle = (batches.forwards, batches.rows)
     with ThreadPoolExecutor(max_workers=8) as pool:
         together = [comparable(r) for r in pool.map(ask, range(8), timeout=300)]
     assert together == alone
-    assert server.health()["peak_running"] > 1  # they were searched together
-    assert server.service.base.engine.batches.forwards - before > 0
+    assert server.health()["peak_running"] > 1
+    # the same rows, in fewer forward passes: the requests were searched together
+    assert batches.rows - middle[1] == middle[1] - start[1]
+    assert batches.forwards - middle[0] < middle[0] - start[0]
 
 
 # ---------------------------------------------------------------------------------------------- errors
