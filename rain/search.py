@@ -163,7 +163,7 @@ class Searcher:
 
         self.cfg = config or RainConfig()
         self.s, self.tokenizer = self.cfg.search, tokenizer
-        self.engine = engine or make_engine(model, tokenizer, self.s.engine, max_length=self.s.max_length)
+        self.engine = engine or make_engine(model, self.s.engine, max_length=self.s.max_length)
         self.judge = SelfEvaluator(self.engine, tokenizer, self.cfg.judge) if evaluator is None else None
         self.evaluator = evaluator or self.judge
         self.embedder = embedder or shared_embedder(self.cfg.judge.embedder, str(self.engine.device))
