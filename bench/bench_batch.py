@@ -190,7 +190,7 @@ with torch.no_grad():
         plain = attention.forward_rows
         def counting(model_, rows_):
             logits, new = plain(model_, rows_)
-            made.append(sum(k.numel() * k.element_size() * 2 for keys, _ in new for k in keys))
+            made.append(sum(k.numel() * k.element_size() * 2 for k in new[0]))
             return logits, new
         import rain.lm
         rain.lm.forward_rows = counting

@@ -67,13 +67,29 @@ def merge_segments(segments: list) -> Segment:
 
 
 @dataclass(eq=False)
+class Past:
+    """The own KV of a multi-step request's rows (candidate rows, a rollout), packed: per layer [KVH, P, D];
+    owners[k] is the id of the row that key k belongs to. Grows by one concatenation per layer and step for
+    the whole request, whatever its number of rows."""
+
+    keys: list
+    values: list
+    owners: list
+
+    def extend(self, keys: list, values: list, owners: list) -> "Past":
+        return Past([torch.cat([a, b], dim=1) for a, b in zip(self.keys, keys)],
+                    [torch.cat([a, b], dim=1) for a, b in zip(self.values, values)], self.owners + owners)
+
+
+@dataclass(eq=False)
 class Row:
-    """One row of a packed forward: continue `base` (a chain of segments), then `past` (this row's own earlier
-    KV, per layer [KVH, p, D]) or the new tokens of row `parent`, with new `tokens`."""
+    """One row of a packed forward: continue `base` (a chain of segments), then its own earlier tokens (the
+    keys of `past` owned by `past_id`, `past_len` of them) or the new tokens of row `parent`, with new `tokens`."""
 
     base: tuple
     tokens: list
-    past: Optional[tuple] = None
+    past: Optional[Past] = None
+    past_id: int = 0
     past_len: int = 0
     parent: Optional[int] = None
     """Index of an earlier row of the same forward whose new tokens come between `base` and this row's."""
@@ -91,13 +107,16 @@ class Plan:
     groups: list
     """(segment, LongTensor of the packed token indices that attend to it, or None for all of them)."""
     pasts: list
-    """Per row with a past: its past KV tuple (keys list, values list)."""
+    """The distinct `Past`s of the rows, in order."""
     private_mask: torch.Tensor
-    """[T, P + T] bool: which private keys (pasts in row order, then the new tokens) each new token sees."""
+    """[T, P + T] bool: which private keys (the pasts in order, then the new tokens) each new token sees."""
     new_keys: list = field(default_factory=list)
     new_values: list = field(default_factory=list)
     bias: Optional[torch.Tensor] = None
     """The private mask as an additive bias, repeated per query group (built at the first layer)."""
+
+
+_TAG = 1 << 20  # row ids of one past stay below this
 
 
 def plan_forward(rows: list, device) -> tuple:
@@ -115,7 +134,6 @@ def plan_forward(rows: list, device) -> tuple:
         ids.extend(row.tokens)
         positions.extend(range(start, start + len(row.tokens)))
         owner.extend([r] * len(row.tokens))
-    total = len(ids)
     owner_t = torch.tensor(owner)
     pos_t = torch.tensor(positions)
     # which rows each row sees through 'parent' links (itself included)
@@ -124,13 +142,19 @@ def plan_forward(rows: list, device) -> tuple:
         if row.parent is not None:
             lineage[r] |= lineage[row.parent]
     sees_row = lineage[owner_t]  # [T, rows]: token t sees row j's tokens (subject to causality)
-    # private keys: pasts first (in row order), then the packed new tokens
-    past_owner, pasts = [], []
-    for r, row in enumerate(rows):
-        if row.past is not None:
+    # private keys: the distinct pasts first, then the packed new tokens; a token sees its own row's past keys
+    pasts, tags, row_tag = [], [], []
+    for row in rows:
+        if row.past is None:
+            row_tag.append(-1)
+            continue
+        if not any(row.past is p for p in pasts):
+            tags.extend(len(pasts) * _TAG + owner for owner in row.past.owners)
             pasts.append(row.past)
-            past_owner.extend([r] * row.past_len)
-    past_mask = sees_row[:, torch.tensor(past_owner, dtype=torch.long)] if past_owner else torch.zeros(total, 0, dtype=torch.bool)
+        index = next(i for i, p in enumerate(pasts) if p is row.past)
+        row_tag.append(index * _TAG + row.past_id)
+    token_tag = torch.tensor(row_tag)[owner_t]
+    past_mask = token_tag.unsqueeze(1) == torch.tensor(tags, dtype=torch.long).unsqueeze(0)
     new_mask = sees_row[:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))
     private_mask = torch.cat([past_mask, new_mask], dim=1)
     # stored segments: each attended by the tokens of every row whose chain holds it (children use their parent's)
@@ -188,8 +212,8 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     new_k, new_v = key[0], value[0]
     plan.new_keys.append(new_k)
     plan.new_values.append(new_v)
-    keys = torch.cat([p[0][layer] for p in plan.pasts] + [new_k], dim=1) if plan.pasts else new_k
-    values = torch.cat([p[1][layer] for p in plan.pasts] + [new_v], dim=1) if plan.pasts else new_v
+    keys = torch.cat([p.keys[layer] for p in plan.pasts] + [new_k], dim=1) if plan.pasts else new_k
+    values = torch.cat([p.values[layer] for p in plan.pasts] + [new_v], dim=1) if plan.pasts else new_v
     if not plan.groups and not softcap:  # nothing to merge with: plain masked attention
         out = torch.nn.functional.scaled_dot_product_attention(
             query, keys[None], values[None], attn_mask=plan.private_mask, scale=scale, enable_gqa=groups > 1)
@@ -244,15 +268,9 @@ def check_supported(model, max_length: int) -> None:
 @torch.no_grad()
 def forward_rows(model, rows: list) -> tuple:
     """One packed forward over `rows`. -> (float32 logits [n_wanting, V] of each wanting row's last token,
-    per row: (keys list, values list) of its new tokens, per layer [KVH, len(tokens), D] (views))."""
+    the new tokens' keys and values per layer, packed [KVH, T, D] in row order)."""
     device = model.get_input_embeddings().weight.device
     ids, positions, want, plan = plan_forward(rows, device)
     with _implementation(model, NAME):
         out = model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=want, rain_plan=plan)
-    logits = out.logits[0].float()
-    new, offset = [], 0
-    for row in rows:
-        n = len(row.tokens)
-        new.append(([k[:, offset:offset + n] for k in plan.new_keys], [v[:, offset:offset + n] for v in plan.new_values]))
-        offset += n
-    return logits, new
+    return out.logits[0].float(), (plan.new_keys, plan.new_values)

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .attention import Row, Segment, check_supported, forward_rows, merge_segments
+from .attention import Past, Row, Segment, check_supported, forward_rows, merge_segments
 from .sampling import SegmentSpec, common_prefix, pick_rows, pick_tokens, row_uniforms, sample_full, \
     topk_distribution
 
@@ -136,8 +136,9 @@ class Job:
     def rows(self) -> list:
         return []
 
-    def feed(self, logits: list, new: list) -> None:
-        """This job's rows' logits (one [V] per wanting row) and new KV, after a forward."""
+    def feed(self, logits: list, new: tuple, offset: int) -> None:
+        """After a forward: this job's rows' logits (one [V] per wanting row), and the forward's packed new
+        keys and values (per layer [KVH, T, D]) where this job's rows' tokens start at `offset`."""
 
 
 class _Done(Job):
@@ -216,17 +217,15 @@ class _Prefix:
         self.base = _crop_chain(best.segments, shared) if best is not None else ()
 
 
-def _own_segment(new: tuple, start: int, tokens: tuple) -> Segment:
-    """A stored segment from a row's new KV (copied out of the packed forward's tensors)."""
-    keys, values = new
+def _slice(new: tuple, offset: int, n: int) -> tuple:
+    """(keys, values) per layer of n packed new tokens from `offset` (views)."""
+    return [k[:, offset:offset + n] for k in new[0]], [v[:, offset:offset + n] for v in new[1]]
+
+
+def _own_segment(new: tuple, offset: int, start: int, tokens: tuple) -> Segment:
+    """A stored segment of a row's new tokens, copied out of the packed forward's tensors."""
+    keys, values = _slice(new, offset, len(tokens))
     return Segment([k.clone() for k in keys], [v.clone() for v in values], start, tuple(tokens))
-
-
-def _append_past(past: Optional[tuple], new: tuple) -> tuple:
-    if past is None:
-        return new
-    return ([torch.cat([a, b], dim=1) for a, b in zip(past[0], new[0])],
-            [torch.cat([a, b], dim=1) for a, b in zip(past[1], new[1])])
 
 
 class _PrefillJob(Job):
@@ -243,31 +242,31 @@ class _PrefillJob(Job):
     def rows(self) -> list:
         return [Row(base=self.base, tokens=list(self.new_tokens))]
 
-    def feed(self, logits: list, new: list) -> None:
+    def feed(self, logits: list, new: tuple, offset: int) -> None:
         self.request.counters.forward_calls += 1
         self.request.counters.tokens_fed += len(self.new_tokens)
         start = self.base[-1].end if self.base else 0
-        chain = _compact(self.base + (_own_segment(new[0], start, self.new_tokens),),
+        chain = _compact(self.base + (_own_segment(new, offset, start, self.new_tokens),),
                          keep_first=not self.request.compact)
         self.done, self.result = True, Context(self.request.tokens, logits[0], chain)
 
 
 class _ExpandJob(Job):
-    """Candidate rows and the rollout row advance together, one token per forward each."""
+    """Candidate rows and the rollout row advance together, one token per forward each; their own earlier
+    tokens' KV is one packed `Past` for the whole job (row ids 0..R-1, the rollout R)."""
 
     def __init__(self, engine: "CachedEngine", request: Expand):
         self.request = request
         ctx, spec, rollout = request.context, request.spec, request.rollout
-        self.seqs, self.probs, self.alive, self.pasts = [], [], [], []
+        self.seqs, self.probs, self.alive = [], [], []
         if spec is not None:
             tok, p = pick_rows(*topk_distribution(ctx.logits.unsqueeze(0).expand(request.u.shape[0], -1), spec.topk,
                                                   spec.temperature), row_uniforms(request.u[:, 0], spec))
             self.seqs = [[t] for t in tok.tolist()]
             self.probs = p.double().tolist()
             self.alive = [s[0] not in spec.stop_ids and spec.length > 1 for s in self.seqs]
-            self.pasts = [None] * len(self.seqs)
+        self.past: Optional[Past] = None
         self.rollout: list = []
-        self.rollout_past = None
         self.rolling = rollout is not None and not rollout.done([])
         if self.rolling:
             self._rollout_pick(ctx.logits)
@@ -289,34 +288,36 @@ class _ExpandJob(Job):
             self.done = True
             self.result = Expansion([(tuple(s), p) for s, p in zip(self.seqs, self.probs)], self.rollout)
 
+    def _fed(self) -> list:
+        """Row ids fed in the next forward: the live candidate rows, then the rollout."""
+        return [r for r, alive in enumerate(self.alive) if alive] + ([len(self.seqs)] if self.rolling else [])
+
     def rows(self) -> list:
-        base = self.request.context.segments
-        rows = [Row(base=base, tokens=[s[-1]], past=past, past_len=len(s) - 1)
-                for s, past, alive in zip(self.seqs, self.pasts, self.alive) if alive]
-        if self.rolling:
-            rows.append(Row(base=base, tokens=[self.rollout[-1]], past=self.rollout_past,
-                            past_len=len(self.rollout) - 1))
+        base, rows = self.request.context.segments, []
+        for r in self._fed():
+            seq = self.seqs[r] if r < len(self.seqs) else self.rollout
+            rows.append(Row(base=base, tokens=[seq[-1]], past=self.past, past_id=r, past_len=len(seq) - 1))
         return rows
 
-    def feed(self, logits: list, new: list) -> None:
+    def feed(self, logits: list, new: tuple, offset: int) -> None:
         counters, spec = self.request.counters, self.request.spec
+        fed = self._fed()
         counters.forward_calls += 1
-        counters.tokens_fed += len(logits)
-        live = [r for r, alive in enumerate(self.alive) if alive]
+        counters.tokens_fed += len(fed)
+        keys, values = _slice(new, offset, len(fed))
+        self.past = Past(keys, values, fed) if self.past is None else self.past.extend(keys, values, fed)
+        live = [r for r in fed if r < len(self.seqs)]
         if live:
             j = len(self.seqs[live[0]])
             counters.sampled_tokens += len(live)
             u = row_uniforms(self.request.u[:, j], spec)[live]
-            tok, p = pick_rows(*topk_distribution(torch.stack(logits[:len(live)]), spec.topk, spec.temperature),
-                               u)
+            tok, p = pick_rows(*topk_distribution(torch.stack(logits[:len(live)]), spec.topk, spec.temperature), u)
             for i, r in enumerate(live):
                 t = int(tok[i])
                 self.seqs[r].append(t)
                 self.probs[r] *= float(p[i])
-                self.pasts[r] = _append_past(self.pasts[r], new[i])
                 self.alive[r] = t not in spec.stop_ids and j + 1 < spec.length
         if self.rolling:
-            self.rollout_past = _append_past(self.rollout_past, new[-1])
             self._rollout_pick(logits[-1])
         self._finish_if_done()
 
@@ -335,14 +336,14 @@ class _JudgeJob(Job):
         return [Row(base=self.base, tokens=list(self.shared_new), want_logits=False)] + \
             [Row(base=self.base, tokens=t, parent=0) for t in tails]
 
-    def feed(self, logits: list, new: list) -> None:
+    def feed(self, logits: list, new: tuple, offset: int) -> None:
         counters = self.request.counters
         counters.forward_calls += 1
         counters.tokens_fed += len(self.shared_new) + sum(len(t) for t in self.request.tails)
         chain = self.base
         if self.shared_new:
             start = self.base[-1].end if self.base else 0
-            chain = _compact(chain + (_own_segment(new[0], start, self.shared_new),), keep_first=True)
+            chain = _compact(chain + (_own_segment(new, offset, start, self.shared_new),), keep_first=True)
         probs = torch.softmax(torch.stack(logits), dim=-1)
         self.done, self.result = True, JudgeResult(probs, Context(self.request.tokens, None, chain))
 
@@ -390,12 +391,12 @@ class CachedEngine(Engine):
         self.batches.forwards += 1
         self.batches.rows += len(packed)
         self.batches.tokens += sum(len(r.tokens) for r in packed)
-        at, row_at = 0, 0
+        at, token_at = 0, 0
         for job, job_rows in plan:
             wanting = sum(1 for r in job_rows if r.want_logits)
-            job.feed(list(logits[at:at + wanting]), new[row_at:row_at + len(job_rows)])
+            job.feed(list(logits[at:at + wanting]), new, token_at)
             at += wanting
-            row_at += len(job_rows)
+            token_at += sum(len(r.tokens) for r in job_rows)
         self.jobs = [job for job in jobs if not job.done]
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import rain
-from rain.attention import Row, Segment, forward_rows, plan_forward
+from rain.attention import Past, Row, Segment, forward_rows, plan_forward
 from rain.lm import CachedEngine, Counters, Expand, Judge, Prefill, ReferenceEngine, Rollout
 from rain.sampling import SegmentSpec, common_prefix
 from rain.search import Searcher
@@ -151,23 +151,26 @@ def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
         return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
 
     def stored(ids, base=()):
-        logits, new = forward_rows(model, [Row(base=base, tokens=list(ids))])
-        return Segment(new[0][0], new[0][1], base[-1].end if base else 0, tuple(ids)), logits[0]
+        logits, (keys, values) = forward_rows(model, [Row(base=base, tokens=list(ids))])
+        return Segment(keys, values, base[-1].end if base else 0, tuple(ids)), logits[0]
 
     head, mid, a = list(range(5, 60)), list(range(60, 75)), [80, 81]
     s1, logits = stored(head)
     assert torch.allclose(logits, plain(head), atol=1e-5)
     s2, logits = stored(mid, (s1,))
     assert torch.allclose(logits, plain(head + mid), atol=1e-5)
-    _, new = forward_rows(model, [Row(base=(s1, s2), tokens=a)])
-    rows = [Row(base=(s1, s2), tokens=[90], past=new[0], past_len=2),
+    _, (keys, values) = forward_rows(model, [Row(base=(s1, s2), tokens=a), Row(base=(s1, s2), tokens=[70])])
+    past = Past(keys, values, [0, 0, 1])  # row 0 owns the first two keys, row 1 the third
+    rows = [Row(base=(s1, s2), tokens=[90], past=past, past_id=0, past_len=2),
+            Row(base=(s1, s2), tokens=[91], past=past, past_id=1, past_len=1),
             Row(base=(s1,), tokens=[91, 92, 93], want_logits=False),
-            Row(base=(s1,), tokens=[94, 95], parent=1),
-            Row(base=(s1,), tokens=[96], parent=1),
+            Row(base=(s1,), tokens=[94, 95], parent=2),
+            Row(base=(s1,), tokens=[96], parent=2),
             Row(base=(), tokens=[7, 8, 9]),
             Row(base=(s1.crop(20),), tokens=[40, 41])]
     logits, _ = forward_rows(model, rows)
-    expected = [plain(head + mid + a + [90]), plain(head + [91, 92, 93, 94, 95]), plain(head + [91, 92, 93, 96]),
+    expected = [plain(head + mid + a + [90]), plain(head + mid + [70, 91]), plain(head + [91, 92, 93, 94, 95]),
+                plain(head + [91, 92, 93, 96]),
                 plain([7, 8, 9]), plain(head[:20] + [40, 41])]
     for got, want in zip(logits, expected):
         assert torch.allclose(got, want, atol=1e-5)
