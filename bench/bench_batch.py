@@ -126,6 +126,9 @@ def throughput_table(title: str, rows: list) -> str:
              "| engine | prompts/hour | s / inner it. | inner it. / s | sequential forwards / prompt | rows / forward "
              "| LM floor s / it. | embedder s / it. | non-LM share | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def per(x, total, spec):
+        return "-" if x is None else format(x / total, spec)
+
     for label, r in rows:
         per_it = r["seconds"] / r["iterations"]
         forwards = r.get("forwards", r["search_forwards"])
@@ -133,9 +136,8 @@ def throughput_table(title: str, rows: list) -> str:
         lines.append(
             f"| {label} | {3600 * r['prompts'] / r['seconds']:.1f} | {per_it:.4f} | {1 / per_it:.1f} "
             f"| {forwards / r['prompts']:.0f} | {r['rows'] / r['forwards'] if 'rows' in r else 1:.1f} "
-            f"| {lm / r['iterations'] if lm is not None else float('nan'):.4f} "
-            f"| {r['embed_seconds'] / r['iterations'] if 'embed_seconds' in r else float('nan'):.4f} "
-            f"| {1 - lm / r['seconds'] if lm is not None else float('nan'):.0%} | {r['peak_rss_mb']:.0f} |")
+            f"| {per(lm, r['iterations'], '.4f')} | {per(r.get('embed_seconds'), r['iterations'], '.4f')} "
+            f"| {per(None if lm is None else r['seconds'] - lm, r['seconds'], '.0%')} | {r['peak_rss_mb']:.0f} |")
     first = dict(rows)
     ones = [r for label, r in rows if label == "B = 1"]
     if ones:
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
         rows = throughput("tiny", str(tiny_model_dir()), [1, 8], args, baseline=True)
         parts.append(throughput_table("Tiny model (2 layers, hidden 32): overhead is nearly all the cost", rows))
     if args.what in ("cpu", "all"):
-        rows = throughput("cpu", "embedded", [1, 4, 8], args, baseline=False)
+        rows = throughput("cpu", "embedded", [1, 4, 8], args, baseline=True)
         parts.append(throughput_table("Embedded SmolLM2-135M-Instruct (fp32), official constants", rows))
     if args.what in ("memory", "all"):
         parts.append(memory(args))
