@@ -83,7 +83,7 @@ def generate_main(argv: list) -> int:
 
 
 def run_main(argv: list) -> int:
-    from .parallel import launcher_main
+    from .parallel import default_config_path, launcher_main
 
     benchmarks = {"hh": "HH", "adv": "adv", "truth": "truth"}
     if not argv or argv[0].lower() not in benchmarks:
@@ -91,7 +91,7 @@ def run_main(argv: list) -> int:
               file=sys.stderr)
         return 2
     bench = benchmarks[argv[0].lower()]
-    return launcher_main(argv[1:], benchmark=bench, default_config=ROOT / "configs" / f"{bench.lower()}.yaml")
+    return launcher_main(argv[1:], benchmark=bench, default_config=default_config_path(bench))
 
 
 def main(argv: Optional[list] = None) -> int:

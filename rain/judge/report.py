@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rain.fileio import OutputError, atomic_write_text, check_writable_dir
 from rain.judge.config import JudgeError
 from rain.judge.results import summary_path
 
@@ -152,8 +153,15 @@ def render_report(summaries: list[dict], *, plot_file: str | None) -> str:
 def write_report(inputs: list[Path], *, out_dir: Path, plot: bool = True) -> Path:
     """Write `report.md` (and the HH PNG when HH summaries allow) into `out_dir`; returns the .md path."""
     summaries = load_summaries(find_summaries(inputs))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = plot and plot_hh(summaries, path=out_dir / PLOT_NAME)
-    report = out_dir / "report.md"
-    report.write_text(render_report(summaries, plot_file=PLOT_NAME if drawn else None), encoding="utf-8")
+    what_to_do = "pass --out with a writable folder that has free space"
+    try:
+        check_writable_dir(out_dir)
+        drawn = plot and plot_hh(summaries, path=out_dir / PLOT_NAME)
+        report = out_dir / "report.md"
+        atomic_write_text(report, render_report(summaries, plot_file=PLOT_NAME if drawn else None),
+                          what_to_do=what_to_do)
+    except OutputError as err:
+        raise JudgeError(f"{err}; {what_to_do}" if "--out" not in str(err) else str(err)) from None
+    except OSError as err:  # the plot
+        raise JudgeError(f"cannot write the report in {out_dir}: {err.strerror or err}; {what_to_do}") from None
     return report
