@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+"""Config, data, model (ModelError), output (OutputError) and question errors: each names the value and what to do."""
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -38,17 +37,22 @@ def _bar():
 
 def generate_main(argv: list) -> int:
     import rain
-    from .formats import check_question
+    from .fileio import plain_warnings
+    from .formats import check_judge_options, check_question
+    from .loading import NonFiniteLogits, guard_finite_logits
 
     parser = _generate_parser()
     args, rest = parser.parse_known_args(argv)
     bad = [a for a in rest if "=" not in a]
     if bad:
         parser.error(f"unrecognised arguments: {' '.join(bad)} (overrides look like --section.field=value)")
+    plain_warnings("rain")
     try:
         cfg = rain.load_config(args.config, rest)
         check_question(args.question)
+        check_judge_options(cfg.judge)
         model, tokenizer = rain.load_model(cfg.model)
+        guard_finite_logits(model)
         bar = _bar()
 
         def progress(stats, text):
@@ -59,7 +63,7 @@ def generate_main(argv: list) -> int:
         result = rain.rain_generate(model, tokenizer, args.question, cfg, progress=progress)
         bar.close()
         vanilla = None if args.no_vanilla else rain.vanilla_generate(model, tokenizer, args.question, cfg)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, NonFiniteLogits) as err:
         print(f"rain: error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rain.config import RainConfig, load_config
-from rain.fileio import plain_warnings
+from rain.fileio import check_writable_dir, plain_warnings
 from rain.records import RunPaths, ShardWriter, done_ids, error_record, merge, ok_record, run_name, skipped_record, \
     write_or_check_meta
 from rain.runlock import RunLock, stop_with_parent
@@ -243,6 +243,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rank = Rank(rank=args.rank, world=args.world or 1) if under_launcher else (rank_from_env() or Rank())
         cfg = load_config(args.config, overrides)
         paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
+        if not under_launcher:
+            check_writable_dir(paths.outdir)
         lock = None if under_launcher else RunLock(paths.lock, shared=True)  # the launcher holds it for us
         with lock or contextlib.nullcontext():
             return _work(cfg, paths, args=args, rank=rank, under_launcher=under_launcher)
@@ -255,7 +257,6 @@ def _work(cfg: RainConfig, paths: RunPaths, *, args: argparse.Namespace, rank: R
     selection = load_selection(cfg.run)
     items = selection.items
     if not under_launcher:  # the launcher wrote the header already
-        paths.outdir.mkdir(parents=True, exist_ok=True)
         note = write_or_check_meta(paths, cfg, hardware=hardware(), selection=selection)
         if note:
             print(f"[rank {rank.rank}/{rank.world}] {note}", flush=True)
