@@ -213,12 +213,17 @@ def _hub_rows(benchmark: str) -> list[Row]:
                         "is not installed: pass --data FILE or install the hub extra (pip install 'rain[hub]')")
     import datasets
 
-    if benchmark == "HH":
-        name, rows = "Anthropic/hh-rlhf", datasets.load_dataset("Anthropic/hh-rlhf", data_dir="red-team-attempts",
-                                                                split="train")
-    else:
-        name, rows = "truthfulqa/truthful_qa", datasets.load_dataset("truthfulqa/truthful_qa", "generation",
-                                                                     split="validation")
+    name = "Anthropic/hh-rlhf" if benchmark == "HH" else "truthfulqa/truthful_qa"
+    try:
+        if benchmark == "HH":
+            rows = datasets.load_dataset(name, data_dir="red-team-attempts", split="train")
+        else:
+            rows = datasets.load_dataset(name, "generation", split="validation")
+    except Exception as err:  # offline, not cached, a hub outage: the library's errors vary by version
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(f"run.data is not set, so {benchmark} loads the hub dataset {name}, which failed "
+                        f"({type(err).__name__}: {reason}): pass --data FILE, or check the network "
+                        "(HF_HUB_OFFLINE=1 needs the dataset in the local cache)") from None
     return [Row(dict(row), f"hub dataset {name}, row {index}") for index, row in enumerate(rows)]
 
 

@@ -1,0 +1,114 @@
+"""Class 2: one bad prompt never blocks its worker.
+
+A prompt whose answer fails (here: an answerer that raises, and a real model whose logits are NaN) is
+recorded with status 'error' and its reason, the worker goes on with the others, the launcher says
+which ids failed and why, and a rerun tries them again only with --retry-errors. Text that cannot
+be tokenized or written (a lone surrogate) is caught when the data file is read, naming the line.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from launch_helpers import hh_file, one_line_error, run_launcher, shard_records
+from rain.config import load_config
+from rain.parallel import launch
+from rain.records import RunPaths, collect
+from rain.tasks import DataError, load_items
+from rain.worker import Rank, run_shard
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    from launch_helpers import TESTS
+
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("FAKE_FAIL_IDS", raising=False)
+    monkeypatch.delenv("FAKE_CRASH_IDS", raising=False)
+
+
+QUESTIONS = [f"question {i}?" for i in range(6)]
+
+
+def test_a_lone_surrogate_is_a_data_error_naming_file_line_and_field(tmp_path):
+    path = tmp_path / "hh.jsonl"
+    good = json.dumps({"chosen": "\n\nHuman: fine?\n\nAssistant: ok"})
+    path.write_text(good + "\n" + '{"chosen": "\\n\\nHuman: smile \\ud83d please\\n\\nAssistant: ok"}\n')
+    with pytest.raises(DataError) as err:
+        load_items(load_config(None, [f"run.data={path}"]).run)
+    assert str(err.value).startswith(f"{path}, line 2: field 'chosen' is not valid Unicode text (a lone surrogate")
+
+
+def test_the_issue_example_surrogate_at_id_0_with_one_worker_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "hh.jsonl"
+    lines = ['{"chosen": "\\n\\nHuman: \\ud83d\\n\\nAssistant: ok"}'] + [
+        json.dumps({"chosen": f"\n\nHuman: {q}\n\nAssistant: ok"}) for q in QUESTIONS[:5]]
+    path.write_text("\n".join(lines) + "\n")
+    default = tmp_path / "default.yaml"
+    default.write_text(f"run:\n  benchmark: HH\n  data: {path}\n  name: t\n  outdir: {tmp_path / 'out'}\n")
+    result = run_launcher(default, "--nump", "1", "--answerer", "fake_answerer:make", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "line 1: field 'chosen' is not valid Unicode text" in one_line_error(result.stderr)
+    assert not (tmp_path / "out" / "t.meta.json").exists()
+
+
+def test_a_failing_prompt_is_recorded_as_an_error_and_the_worker_goes_on(tmp_path, fake_env, monkeypatch, capsys):
+    cfg = load_config(None, [f"run.data={hh_file(tmp_path / 'hh.jsonl', QUESTIONS)}", f"run.outdir={tmp_path}",
+                             "run.name=t", "run.shuffle_seed=null"])
+    monkeypatch.setenv("FAKE_FAIL_IDS", "0")  # the first prompt of the only worker
+    assert launch(cfg, nump=1, answerer="fake_answerer:make", poll_s=0.05) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ("rain: 1 of 6 prompts failed and are recorded with status 'error' (ids 0; reason: RuntimeError: fake "
+            "failure on prompt id 0)") in err and "--retry-errors" in err
+    merged = json.loads(RunPaths(tmp_path, "t").merged.read_text())
+    assert [r["id"] for r in merged] == list(range(6))
+    assert merged[0]["status"] == "error" and merged[0]["reason"] == "RuntimeError: fake failure on prompt id 0"
+    assert merged[0]["raina"] is None and all(r["status"] == "ok" for r in merged[1:])
+    log = (tmp_path / "t.parts" / "shard-000-of-001.log").read_text()
+    assert "Traceback" in log  # the details stay in the worker's log
+
+    # a plain rerun keeps the error (no work, still exit 1); --retry-errors answers it again
+    assert launch(cfg, nump=1, answerer="fake_answerer:make", poll_s=0.05) == 1
+    assert "already answered" in capsys.readouterr().out and len(shard_records(tmp_path, "t")) == 6
+    monkeypatch.setenv("FAKE_FAIL_IDS", "")
+    retry = cfg.replace(run={"retry_errors": True})
+    assert launch(retry, nump=1, answerer="fake_answerer:make", poll_s=0.05) == 0
+    assert "1 prompts to answer" in capsys.readouterr().out
+    merged = json.loads(RunPaths(tmp_path, "t").merged.read_text())
+    assert [r["status"] for r in merged] == ["ok"] * 6  # the ok record wins over the earlier error one
+    assert [r["id"] for r in shard_records(tmp_path, "t")] == [0, 1, 2, 3, 4, 5, 0]
+
+
+def test_retry_errors_flag_of_the_launcher(tmp_path):
+    default = tmp_path / "default.yaml"
+    default.write_text(f"run:\n  benchmark: HH\n  data: {hh_file(tmp_path / 'hh.jsonl', QUESTIONS[:3])}\n"
+                       f"  name: t\n  outdir: {tmp_path / 'out'}\n")
+    first = run_launcher(default, "--answerer", "fake_answerer:make", cwd=tmp_path, FAKE_FAIL_IDS="1")
+    assert first.returncode == 1 and "(ids 1; reason: RuntimeError" in first.stderr
+    again = run_launcher(default, "--answerer", "fake_answerer:make", "--retry-errors", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [r["status"] for r in json.loads((tmp_path / "out" / "t.json").read_text())] == ["ok"] * 3
+
+
+def test_nan_logits_of_a_real_model_become_error_records(tmp_path, tiny_dir):
+    """A model whose logits are NaN (e.g. float16 overflow): no answer from NaN probabilities, an error record."""
+    from safetensors.torch import load_file, save_file
+    import shutil
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(tiny_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights = {name: torch.full_like(t, float("nan")) if name == "lm_head.weight" else t for name, t in weights.items()}
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    cfg = load_config(None, [f"model.name={broken}", "prompt.format=chat", "run.mode=vanilla",
+                             f"run.data={hh_file(tmp_path / 'hh.jsonl', QUESTIONS[:2])}", f"run.outdir={tmp_path}",
+                             "run.name=nan", "search.max_new_tokens=3"])
+    assert run_shard(cfg, rank=Rank()) == 2
+    records = collect(RunPaths(tmp_path, "nan"))
+    assert [r["status"] for r in records] == ["error", "error"]
+    assert records[0]["reason"].startswith("NonFiniteLogits: the model produced NaN or infinite logits")
