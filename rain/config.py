@@ -25,8 +25,7 @@ import yaml
 PROMPT_FORMATS = ("fewshot", "chat", "vicuna", "llama2chat", "raw")
 MIN_TEMPERATURE = 1e-3
 """Smallest sampling temperature accepted (already effectively greedy; far below it the scaled logits overflow)."""
-YAML_BOOLEAN_HINT = ("YAML reads an unquoted yes/no/on/off/true/false as a boolean: quote it, "
-                     "e.g. good_options: [\"Yes\"]")
+YAML_BOOLEAN_HINT = "YAML reads an unquoted yes/no/on/off/true/false as a boolean: quote it, e.g. [\"Yes\"]"
 
 
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -200,16 +199,16 @@ class JudgeConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check(self.format in ("raw", "chat"), "judge.format", "raw or chat", self.format)
         _check(len(self.options_files) >= 1, "judge.options_files", "a non-empty list", list(self.options_files))
-        n = len(self.options_files)
-        _check(len(self.good_options) == n, "judge.good_options", f"a list of {n} (one per options file)",
-               list(self.good_options))
-        _check(len(self.bad_options) == n, "judge.bad_options", f"a list of {n} (one per options file)",
-               list(self.bad_options))
         for name in ("options_files", "good_options", "bad_options"):
             for index, value in enumerate(getattr(self, name)):
                 hint = f" ({YAML_BOOLEAN_HINT})" if isinstance(value, bool) else ""
                 if not isinstance(value, str) or not value.strip():
                     raise ValueError(f"judge.{name}[{index}] must be a non-empty string, got {value!r}{hint}")
+        n = len(self.options_files)
+        _check(len(self.good_options) == n, "judge.good_options", f"a list of {n} (one per options file)",
+               list(self.good_options))
+        _check(len(self.bad_options) == n, "judge.bad_options", f"a list of {n} (one per options file)",
+               list(self.bad_options))
         for index, (good, bad) in enumerate(zip(self.good_options, self.bad_options)):
             _check(good != bad, f"judge.bad_options[{index}]",
                    f"different from judge.good_options[{index}] (the same option for good and bad never votes good)",
@@ -326,6 +325,11 @@ def _typed(name: str, annotation: str, value: Any) -> Any:
         return None
     if base == "float" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if base == "float" and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     expected = {"int": int, "float": float, "str": str, "bool": bool, "tuple": (list, tuple)}[base]
     ok = isinstance(value, expected) and not (base in ("int", "float") and isinstance(value, bool))
     _check(ok, name, f"{'a list' if base == 'tuple' else ('an int' if base == 'int' else 'a ' + base)}", value)
@@ -359,8 +363,9 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     if not isinstance(parents, list) or not all(isinstance(name, str) and name for name in parents):
         raise ValueError(f"{path}: 'defaults' must be a list of config file names, got {shown(parents)}")
     merged: dict = {}
-    for parent in parents:
-        merged = merge(merged, read_yaml(path.parent / parent, _seen + (path.resolve(),)))
+    for parent in parents:  # relative to this file, else a shipped config of that name
+        beside = path.parent / parent
+        merged = merge(merged, read_yaml(beside if beside.is_file() else config_path(parent), _seen + (path.resolve(),)))
     return merge(merged, data)
 
 
