@@ -17,6 +17,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Protocol
@@ -75,6 +76,7 @@ class OpenAIChatClient:
         self.name = config.judge_id
         self.usage = Usage()
         self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._shown_url = shown_url(self._url)  # for messages: no user:password@, no query (keys hide there)
         self._headers = {"Content-Type": "application/json"}
         key = config.api_key()
         if key is not None:
@@ -101,7 +103,7 @@ class OpenAIChatClient:
                 payload = self._post(body)
             except urllib.error.HTTPError as err:
                 if err.code not in RETRYABLE_STATUS:
-                    raise JudgeError(_http_error_line(self._url, err)) from None
+                    raise JudgeError(_http_error_line(self._shown_url, err)) from None
                 last_problem = f"HTTP {err.code}"
                 self._backoff(attempt, retry_after=err.headers.get("Retry-After") if err.headers else None)
                 continue
@@ -111,7 +113,7 @@ class OpenAIChatClient:
                 continue
             return self._reply_from(payload)
         raise JudgeError(
-            f"cannot get a reply from the judge at {self._url} after {self.config.max_retries + 1} tries "
+            f"cannot get a reply from the judge at {self._shown_url} after {self.config.max_retries + 1} tries "
             f"({last_problem}): check --base-url, that the server is up, or raise --max-retries"
         )
 
@@ -122,14 +124,14 @@ class OpenAIChatClient:
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
-            raise JudgeError(f"the judge at {self._url} did not answer with JSON: is --base-url an "
+            raise JudgeError(f"the judge at {self._shown_url} did not answer with JSON: is --base-url an "
                              f"OpenAI-compatible endpoint (usually ending in /v1)?") from None
 
     def _reply_from(self, payload: dict) -> ChatReply:
         try:
             text = payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"the judge at {self._url} sent a reply without choices[0].message.content: "
+            raise JudgeError(f"the judge at {self._shown_url} sent a reply without choices[0].message.content: "
                              f"is it a chat-completions endpoint?") from None
         usage = payload.get("usage") or {}
         reply = ChatReply(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
@@ -142,6 +144,12 @@ class OpenAIChatClient:
             return
         self._sleep(backoff_delay(attempt=attempt, base_s=self.config.backoff_base_s,
                                   max_s=self.config.backoff_max_s, retry_after=retry_after, rng=self._rng))
+
+
+def shown_url(url: str) -> str:
+    """`url` without credentials: user:password@ and the query string are dropped."""
+    parsed = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[-1], query="", fragment=""))
 
 
 def backoff_delay(*, attempt: int, base_s: float, max_s: float, retry_after: str | None,
