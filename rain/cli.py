@@ -108,7 +108,11 @@ def main(argv: Optional[list] = None) -> int:
     if not argv or argv[0] not in commands:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return commands[argv[0]](argv[1:])
+    try:
+        return commands[argv[0]](argv[1:])
+    except KeyboardInterrupt:
+        print("rain: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -247,6 +247,9 @@ class RunConfig:
     def __post_init__(self):
         _check(self.benchmark in ("HH", "adv", "truth"), "run.benchmark", "HH, adv or truth", self.benchmark)
         _check(self.mode in ("both", "rain", "vanilla"), "run.mode", "both, rain or vanilla", self.mode)
+        _check(self.name is None or (bool(self.name.strip()) and self.name not in (".", "..")
+                                     and not any(c in self.name for c in "/\\\0")),
+               "run.name", "a plain file name (no folder parts; use run.outdir for the folder)", self.name)
         _check(self.start >= 0, "run.start", ">= 0", self.start)
         _check(self.end is None or self.end >= self.start, "run.end", "null or >= run.start", self.end)
         _check(self.limit is None or self.limit >= 0, "run.limit", "null or >= 0", self.limit)

@@ -364,10 +364,13 @@ def launcher_main(argv: Optional[list[str]] = None, *, benchmark: str, default_c
             paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
             print(f"rain: merged into {merge(paths, items=load_items(cfg.run))}")
             return 0
+        return launch(cfg, nump=args.nump, answerer=args.answerer)
     except USER_ERRORS as err:  # DataError is a ValueError; config errors name the value
         print(f"rain: error: {err}", file=sys.stderr)
         return 2
-    return launch(cfg, nump=args.nump, answerer=args.answerer)
+    except KeyboardInterrupt:  # before the workers start (while loading data, say)
+        print("rain: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 def default_config_path(benchmark: str) -> Path:

@@ -150,7 +150,8 @@ def _complete_lines(path: Path) -> tuple[list[dict], int]:
             if record is None:
                 if not is_last and finished:
                     raise ValueError(f"{path}, line {number}: not a JSON record with an integer 'id'; the shard "
-                                     "file is damaged before its last line")
+                                     "file is damaged before its last line: delete that line (the prompt is answered "
+                                     "again) and rerun")
                 warnings.warn(f"{path}, line {number}: broken last line (a crash mid-write?) ignored; that "
                               "prompt will be redone", stacklevel=3)
                 break

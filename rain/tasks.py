@@ -238,7 +238,8 @@ def _field(row: Row, names: tuple[str, ...]) -> str:
                 raise DataError(f"{row.where}: field {name!r} must be a non-empty string, got {_shown(value)}")
             return _valid_text(value, row.where, name)
     present = ", ".join(map(repr, row.data)) or "none"
-    raise DataError(f"{row.where}: missing field {' or '.join(map(repr, names))} (fields present: {_shown(present)})")
+    present = present if len(present) <= 120 else present[:120] + "..."
+    raise DataError(f"{row.where}: missing field {' or '.join(map(repr, names))} (fields present: {present})")
 
 
 def _valid_text(value: str, where: str, name: str) -> str:

@@ -251,6 +251,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # these name the file, line, field or value
         print(f"rain.worker: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C reaches the launcher's whole process group; it reports it
+        print("rain.worker: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 def _work(cfg: RainConfig, paths: RunPaths, *, args: argparse.Namespace, rank: Rank, under_launcher: bool) -> int:

@@ -56,6 +56,11 @@ def load_summaries(paths: list[Path]) -> list[dict]:
             raise JudgeError(f"{path} is not a readable summary JSON: rerun `rain judge` on its results") from None
         if not isinstance(summary, dict) or "rates" not in summary or "benchmark" not in summary:
             raise JudgeError(f"{path} is not a `rain judge` summary (no 'rates'/'benchmark'): rerun `rain judge`")
+        rates = summary["rates"]
+        if (summary["benchmark"] not in _COLUMNS or not isinstance(rates, dict)
+                or not all(isinstance(r, dict) and all(isinstance(v, dict) for v in r.values()) for r in rates.values())
+                or not isinstance(summary.get("time", {}), dict)):
+            raise JudgeError(f"{path} is a damaged `rain judge` summary (benchmark, rates or time): rerun `rain judge`")
         summaries.append(summary)
     return summaries
 
@@ -158,10 +163,13 @@ def write_report(inputs: list[Path], *, out_dir: Path, plot: bool = True) -> Pat
         check_writable_dir(out_dir)
         drawn = plot and plot_hh(summaries, path=out_dir / PLOT_NAME)
         report = out_dir / "report.md"
-        atomic_write_text(report, render_report(summaries, plot_file=PLOT_NAME if drawn else None),
-                          what_to_do=what_to_do)
+        text = render_report(summaries, plot_file=PLOT_NAME if drawn else None)
+        atomic_write_text(report, text, what_to_do=what_to_do)
     except OutputError as err:
         raise JudgeError(f"{err}; {what_to_do}" if "--out" not in str(err) else str(err)) from None
     except OSError as err:  # the plot
         raise JudgeError(f"cannot write the report in {out_dir}: {err.strerror or err}; {what_to_do}") from None
+    except (KeyError, TypeError, ValueError) as err:  # a summary edited by hand or from another version
+        raise JudgeError(f"a summary among {', '.join(map(str, inputs))} is damaged ({type(err).__name__}: {err}): "
+                         "rerun `rain judge` on its results") from None
     return report
