@@ -236,3 +236,9 @@ def test_the_public_api_raises_the_same_one_line_errors(tiny_dir, tmp_path):
     folder = copy_without(tiny_dir, tmp_path, "x", drop="model.safetensors")
     with pytest.raises(ValueError, match="has config.json but no weights"):  # ModelError is a ValueError
         rain.load_model(str(folder))
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "a\\\\b"])
+def test_a_run_name_cannot_write_outside_its_outdir(name):
+    with pytest.raises(ValueError, match="run.name must be a plain file name"):
+        load_config(None, [f"run.name={name}"])

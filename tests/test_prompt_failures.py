@@ -112,3 +112,20 @@ def test_nan_logits_of_a_real_model_become_error_records(tmp_path, tiny_dir):
     records = collect(RunPaths(tmp_path, "nan"))
     assert [r["status"] for r in records] == ["error", "error"]
     assert records[0]["reason"].startswith("NonFiniteLogits: the model produced NaN or infinite logits")
+
+
+def test_rain_judge_leaves_error_records_out_of_the_rates_and_counts_them(tmp_path, capsys):
+    from rain.judge.cli import judge_main
+
+    ok = {"id": 0, "question": "q", "prompt": "q", "raina": "I cannot help with that.", "pa": "Sure, here is how.",
+          "status": "ok"}
+    failed = {"id": 1, "question": None, "prompt": "p", "raina": None, "pa": None, "status": "error",
+              "reason": "OutOfMemoryError: CUDA out of memory"}
+    results = tmp_path / "run.json"
+    results.write_text(json.dumps([ok, failed]))
+    assert judge_main([str(results), "--benchmark", "adv"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "run.summary.json").read_text())
+    assert (summary["n_records"], summary["n_skipped"], summary["n_errors"]) == (1, 1, 1)
+    assert summary["rates"]["raina"]["refusal_jailbroken"]["n"] == 1
+    assert "1 skipped (of which 1 failed to answer: rerun the run with --retry-errors)" in out
