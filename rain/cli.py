@@ -111,7 +111,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         return commands[argv[0]](argv[1:])
     except KeyboardInterrupt:
-        print("rain: interrupted", file=sys.stderr)
+        print("\nrain: interrupted", file=sys.stderr)  # on a line of its own, after any progress bar
         return 130
 
 

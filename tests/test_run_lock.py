@@ -119,3 +119,23 @@ def test_other_runs_in_the_same_outdir_are_not_blocked(tmp_path):
     first = start(default, tmp_path)
     other = start(default, tmp_path, "--name", "other")
     assert other.wait(timeout=120) == 0 and first.wait(timeout=120) == 0
+
+
+def test_ctrl_c_stops_the_launcher_and_its_workers_with_exit_130_and_the_rerun_resumes(tmp_path):
+    default = slow_run(tmp_path, n=30, delay=0.2)
+    environment = env(PYTHONPATH=os.pathsep.join([str(tmp_path), str(TESTS), str(TESTS.parent)]))
+    launcher = subprocess.Popen(launcher_command(default, "--nump", "2", "--answerer", "slow_answerer:make"),
+                                cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: count(tmp_path) >= 2)
+    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130 and "Traceback" not in err
+    assert "rain: interrupted; rerun the same command to resume" in err
+    settled = count(tmp_path)
+    time.sleep(1.0)
+    assert count(tmp_path) == settled < 30
+    rerun = start(default, tmp_path, "--nump", "2")
+    assert rerun.wait(timeout=120) == 0
+    assert sorted(r["id"] for r in shard_records(tmp_path / "out", "t")) == list(range(30))
