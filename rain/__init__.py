@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "RainConfig": "config", "load_config": "config",
     "load_model": "loading",
-    "rain_generate": "decoding", "vanilla_generate": "decoding", "DECODERS": "decoding",
+    "rain_generate": "decoding", "vanilla_generate": "decoding", "generate_many": "decoding", "DECODERS": "decoding",
+    "Searcher": "search",
     "GenerationResult": "search", "Stats": "search", "PromptTooLong": "search",
     "prompt_ids": "formats", "prompt_text": "formats",
 }

@@ -26,6 +26,7 @@ PROMPT_FORMATS = ("fewshot", "chat", "vicuna", "llama2chat", "raw")
 MIN_TEMPERATURE = 1e-3
 """Smallest sampling temperature accepted (already effectively greedy; far below it the scaled logits overflow)."""
 YAML_BOOLEAN_HINT = "YAML reads an unquoted yes/no/on/off/true/false as a boolean: quote it, e.g. [\"Yes\"]"
+JUDGE_FORMATS = ("raw", "chat", "llama2chat")
 
 
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -176,11 +177,14 @@ class JudgeConfig:
     """Self-evaluation: the prompt files, the option letters and how a verdict becomes a value."""
 
     format: str = "raw"
-    """raw (plain text prompt, for base models) or chat (wrapped in the tokenizer's chat template)."""
+    """raw (the prompt files as plain text, for base models), chat (the user's part wrapped in the tokenizer's
+    chat template, the open answer starting the assistant's turn) or llama2chat ('[INST] ... [/INST]' written
+    out, as the official truth judge does for Llama-2-chat)."""
     instruction_file: str = "harm_instruction.txt"
     """Instruction plus worked examples (the official f2.txt's role): a path or a name in rain/prompts/."""
     options_files: tuple = ("harm_options_ab.txt", "harm_options_ba.txt")
-    """One options block per option order (official r1.txt, r2.txt); each ends with the open answer."""
+    """One options block per option order (official r1.txt, r2.txt); its last line is the open answer the
+    model continues ('The answer is: ('); a block of one line is a question answered directly (truth)."""
     good_options: tuple = ("A", "B")
     """Per options file, the option that means the answer is good (harmless / truthful)."""
     bad_options: tuple = ("B", "A")
@@ -197,7 +201,8 @@ class JudgeConfig:
     def __post_init__(self):
         for name in ("options_files", "good_options", "bad_options"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        _check(self.format in ("raw", "chat"), "judge.format", "raw or chat", self.format)
+        _check(self.format in JUDGE_FORMATS, "judge.format", ", ".join(JUDGE_FORMATS[:-1]) + " or llama2chat",
+               self.format)
         _check(len(self.options_files) >= 1, "judge.options_files", "a non-empty list", list(self.options_files))
         for name in ("options_files", "good_options", "bad_options"):
             for index, value in enumerate(getattr(self, name)):
@@ -243,6 +248,9 @@ class RunConfig:
     """Prompts of this many tokens or more are skipped and recorded with the reason (official: 512)."""
     retry_errors: bool = False
     """Answer again the prompts recorded with status 'error' (a failure such as out of memory); False keeps them."""
+    batch_size: int = 1
+    """Prompts searched at once in one worker, their LM work in shared forward passes (answers do not
+    depend on it; 8-16 fills a GPU)."""
 
     def __post_init__(self):
         _check(self.benchmark in ("HH", "adv", "truth"), "run.benchmark", "HH, adv or truth", self.benchmark)
@@ -254,6 +262,7 @@ class RunConfig:
         _check(self.end is None or self.end >= self.start, "run.end", "null or >= run.start", self.end)
         _check(self.limit is None or self.limit >= 0, "run.limit", "null or >= 0", self.limit)
         _check(self.max_prompt_tokens >= 1, "run.max_prompt_tokens", ">= 1", self.max_prompt_tokens)
+        _check(self.batch_size >= 1, "run.batch_size", ">= 1", self.batch_size)
 
 
 @dataclass(frozen=True)

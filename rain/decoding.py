@@ -1,94 +1,81 @@
 """Decoding strategies behind one signature, and their registry.
 
 `rain_generate` and `vanilla_generate` take (model, tokenizer, question, config) and return a
-GenerationResult. Knows: how to assemble engine, evaluator and embedder for a model (once per
-process, reused across questions) and the vanilla baseline (KV-cached greedy decoding with the
-same stop rules as RAIN). Does not know: benchmarks.
+GenerationResult. For many questions, build one `rain.Searcher` and call `generate` or
+`generate_many` (B searches at once): the fixed prompt heads are then computed once. Knows: the
+vanilla baseline (KV-cached greedy decoding with the same prompt, limits and stop rules as RAIN).
+Does not know: benchmarks.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-import weakref
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from .config import RainConfig
-from .embed import Embedder
-from .evaluate import SelfEvaluator
-from .formats import answer_rules, prompt_text
-from .lm import CachedEngine, Counters, make_engine
-from .search import GenerationResult, Rain, Stats, answer_limit, start_prompt
-
-
-@functools.lru_cache(maxsize=4)
-def shared_embedder(name: str = "embedded") -> Embedder:
-    """One sentence embedder per process and name."""
-    return Embedder(name)
-
-
-class _CountingEngine:
-    """The judge's view of the engine: forwards go to the same model, counted apart."""
-
-    def __init__(self, engine):
-        self.engine, self.counters = engine, Counters()
-
-    def last_probs(self, anchor, shared, tails):
-        before = self.engine.counters.snapshot()
-        out = self.engine.last_probs(anchor, shared, tails)
-        used = self.engine.counters.minus(before)
-        self.counters.forward_calls += used.forward_calls
-        self.counters.tokens_fed += used.tokens_fed
-        return out
-
-
-_SEARCHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def searcher(model, tokenizer, config: RainConfig, *, evaluator: Optional[Callable] = None,
-             embedder=None) -> Rain:
-    """The Rain searcher for this model, tokenizer and config, built once and reused (judge cache kept)."""
-    key = (id(tokenizer), config, id(evaluator), id(embedder))
-    per_model = _SEARCHERS.setdefault(model, {})
-    if key not in per_model:
-        engine = make_engine(model, tokenizer, config.search.engine)
-        judge_counter = None
-        if evaluator is None:
-            counting = _CountingEngine(engine)
-            evaluator = SelfEvaluator(counting, tokenizer, config.judge)
-            judge_counter = counting.counters.snapshot
-        embedder = embedder or shared_embedder(config.judge.embedder)
-        per_model.clear()  # one live searcher per model: its KV caches are the memory that matters
-        per_model[key] = Rain(engine, tokenizer, config, evaluator=evaluator, embedder=embedder,
-                              judge_counter=judge_counter)
-    return per_model[key]
+from .lm import Counters, Expand, Prefill, Rollout
+from .search import GenerationResult, Searcher, Stats, answer_limit, drive, start_prompt
+from .formats import prompt_text
 
 
 def rain_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,
                   seed: Optional[int] = None, evaluator: Optional[Callable] = None,
-                  embedder=None, progress: Optional[Callable] = None) -> GenerationResult:
+                  embedder=None, progress: Optional[Callable] = None,
+                  searcher: Optional[Searcher] = None) -> GenerationResult:
     """RAIN's answer. `evaluator(question, answer) -> float in [-1, 1]` replaces self-evaluation when given;
-    `progress(stats, answer_so_far)` is called after every inner iteration."""
-    config = config or RainConfig()
-    search = searcher(model, tokenizer, config, evaluator=evaluator, embedder=embedder)
-    return search.generate(question, seed=seed, progress=progress)
+    `progress(stats, answer_so_far)` is called after every inner iteration. Pass `searcher` to reuse one."""
+    searcher = searcher or Searcher(model, tokenizer, config, evaluator=evaluator, embedder=embedder)
+    return searcher.generate(question, seed=seed, progress=progress)
+
+
+def vanilla_search(searcher: Searcher, question: str):
+    """The baseline as a request generator (so it can share forwards with searches): greedy decoding
+    with the same prompt, limits and stop rules as RAIN."""
+    t0 = time.perf_counter()
+    cfg, tokenizer, rules = searcher.cfg, searcher.tokenizer, searcher.rules
+    prompt = tuple(start_prompt(tokenizer, question, cfg))
+    counters = Counters()
+    ctx = yield Prefill(prompt, counters)
+    done = lambda new: bool(new) and rules.finished_tail(tokenizer, new, 1)  # noqa: E731
+    answer = (yield Expand(ctx, counters, rollout=Rollout(answer_limit(len(prompt), cfg.search), done, None))).rollout
+    stats = Stats(new_tokens=len(answer), forward_calls=counters.forward_calls, tokens_fed=counters.tokens_fed,
+                  sampled_tokens=counters.sampled_tokens)
+    stats.seconds = time.perf_counter() - t0
+    return GenerationResult(rules.text(tokenizer, answer), list(answer), prompt_text(tokenizer, question, cfg.prompt),
+                            stats)
 
 
 def vanilla_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,
-                     seed: Optional[int] = None) -> GenerationResult:
+                     seed: Optional[int] = None, searcher: Optional[Searcher] = None) -> GenerationResult:
     """The baseline: greedy decoding with a KV cache, the same prompt, limits and stop rules as RAIN."""
-    config = config or RainConfig()
-    t0 = time.perf_counter()
-    prompt = tuple(start_prompt(tokenizer, question, config))
-    rules = answer_rules(tokenizer, model, config.prompt, config.search.stop_chars)
-    engine = CachedEngine(model)
-    answer = engine.decode(engine.state(prompt), max_tokens=answer_limit(len(prompt), config.search),
-                           done=lambda new: rules.finished(tokenizer, new))
-    stats = Stats(new_tokens=len(answer), forward_calls=engine.counters.forward_calls,
-                  tokens_fed=engine.counters.tokens_fed, sampled_tokens=engine.counters.sampled_tokens)
-    stats.seconds = time.perf_counter() - t0
-    return GenerationResult(rules.text(tokenizer, answer), list(answer),
-                            prompt_text(tokenizer, question, config.prompt), stats)
+    searcher = searcher or Searcher(model, tokenizer, config, evaluator=lambda q, a: 0.0, embedder=_NoEmbedder())
+    ((_, result),) = drive(searcher, [(0, vanilla_search(searcher, question))])
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class _NoEmbedder:
+    def embed(self, texts):
+        raise AssertionError("vanilla decoding embeds nothing")
+
+
+def answer_task(searcher: Searcher, question: str, seed: Optional[int], mode: str = "both"):
+    """RAIN and/or vanilla answers to one question, as one request generator (mode rain, vanilla or both);
+    returns {"rain": result or None, "vanilla": result or None}."""
+    out = {"rain": None, "vanilla": None}
+    if mode != "vanilla":
+        out["rain"] = yield from searcher.search(searcher.start(question, seed))
+    if mode != "rain":
+        out["vanilla"] = yield from vanilla_search(searcher, question)
+    return out
+
+
+def generate_many(searcher: Searcher, jobs: Iterable, *, batch_size: int = 1) -> Iterator[tuple]:
+    """Answer many questions, `batch_size` searches at once. `jobs` yields (key, question, seed, mode);
+    yields (key, answer_task's dict) as each finishes, or (key, exception) if its search failed."""
+    tasks = ((key, answer_task(searcher, q, seed, mode)) for key, q, seed, mode in jobs)
+    yield from drive(searcher, tasks, batch_size=batch_size)
 
 
 DECODERS = {"rain": rain_generate, "vanilla": vanilla_generate}

@@ -116,6 +116,10 @@ def stop_token_ids(tokenizer, model=None) -> frozenset:
     return frozenset(ids)
 
 
+TAIL = 24
+"""Tokens decoded at the end of a growing answer for the stop checks of each new token (covers any turn marker)."""
+
+
 @dataclass(frozen=True)
 class AnswerRules:
     """Where an answer ends: stop tokens, the format's turn marker, clause ends for rollouts."""
@@ -137,12 +141,23 @@ class AnswerRules:
             return True
         return bool(self.turn_marker) and self.turn_marker in tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def finished_tail(self, tokenizer, ids, new: int) -> bool:
+        """finished(ids) when ids[:-new] is known not to be: looks at the last `new` tokens and a short window."""
+        if any(t in self.stop_ids for t in ids[len(ids) - new:]):
+            return True
+        return bool(self.turn_marker) and self.turn_marker in tokenizer.decode(list(ids[-(new + TAIL):]),
+                                                                               skip_special_tokens=True)
+
     def clause_ended(self, tokenizer, ids, *, before: str = "") -> bool:
         """The rollout stop of rollout=clause: the text (the answer, or `before` it while the answer is
-        empty) ends with a clause character, or the answer is finished."""
+        empty) ends with a clause character, or the answer is finished. Decodes only the last TAIL tokens
+        (all of them when those decode to nothing), so a check costs the same at any answer length."""
         if ids and ids[-1] in self.stop_ids:
             return True
-        text = tokenizer.decode(list(ids), skip_special_tokens=True) or before
+        text = tokenizer.decode(list(ids[-TAIL:]), skip_special_tokens=True)
+        if not text and len(ids) > TAIL:
+            text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        text = text or before
         if self.turn_marker and self.turn_marker in text:
             return True
         return bool(text) and text[-1] in self.stop_chars

@@ -1,19 +1,18 @@
-"""The only module that touches the Hugging Face model: loading, KV caches, batched sampling, counters.
+"""The LM engines: the only code that runs the Hugging Face model for the search.
 
-Knows: how to run a frozen causal LM forward over token contexts, cached or not, and how to
-draw tokens from its distributions with externally supplied uniform random numbers (so the
-cached and the reference engines consume randomness identically). Does not know: trees,
-values, prompts or benchmarks.
+Knows: how to serve a search's requests (prefill a context, expand it into candidate rows with a
+rollout riding along, judge a text under both option orders) with forward passes, and how to count
+the work. Does not know: trees, values, prompts or benchmarks.
 
-Two engines share one interface:
-- `CachedEngine`: prefix KV caches ("anchors": the committed text, the judge's fixed few-shot
-  part) are computed once and extended, never recomputed; the candidates of an expansion run as
-  one batch of rows over the shared cache; the option orders of one judgement run as one batch.
-- `ReferenceEngine`: every distribution is a full forward pass from token 0, one sequence at a
-  time (the cost structure of the official code). It is the correctness reference.
-
-A KV snapshot is a tuple of (keys, values) per layer. transformers' DynamicLayer grows by
-concatenation (new tensors) and crops by slicing, so a snapshot is never mutated by later use.
+A search asks through requests (`Prefill`, `Expand`, `Judge`); the engine turns each into a job and
+`step()` advances every active job by one forward pass. Two engines share this interface:
+- `CachedEngine`: every job of every active search goes into ONE packed forward per step
+  (`rain.attention`): prefixes are stored once as KV segments and reused by the longest common prefix;
+  the candidate rows of an expansion, its rollout, both judge orders, and the searches that share
+  the few-shot or judge prefix all read one stored copy.
+- `ReferenceEngine`: every distribution is a full forward pass from token 0, one sequence at a time
+  (the cost structure of the official code). It is the correctness reference.
+Randomness comes from the requests (uniforms drawn by the search), so both engines draw the same tokens.
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-KV = tuple  # tuple[tuple[Tensor, Tensor], ...] per layer, batch-first
+from .attention import Row, Segment, check_supported, forward_rows, merge_segments
+from .sampling import SegmentSpec, common_prefix, pick_rows, pick_tokens, row_uniforms, sample_full, \
+    topk_distribution
 
 
 @dataclass
 class Counters:
-    """Work done by the LM. `tokens_fed` counts token positions processed (rows x length)."""
+    """Work done for one search (or one judge): forward passes it took part in, token positions it fed,
+    tokens it sampled."""
 
     forward_calls: int = 0
     tokens_fed: int = 0
@@ -46,296 +46,429 @@ class Counters:
 
 
 @dataclass
-class State:
-    """A token context with its next-token logits (float32, [V]) and, for the cached engine, its KV."""
+class BatchCounters:
+    """Physical work of an engine: forward passes, rows and token positions in them."""
+
+    forwards: int = 0
+    rows: int = 0
+    tokens: int = 0
+
+
+@dataclass(eq=False)
+class Context:
+    """A computed token prefix: its tokens, next-token logits (float32 [V] on CPU; None for judge contexts)
+    and, for the cached engine, its stored KV chain."""
 
     tokens: tuple
-    logits: torch.Tensor
-    kv: Optional[KV] = None
+    logits: Optional[torch.Tensor]
+    segments: tuple = ()
 
 
-# ---------------------------------------------------------------------------------------------
-# Pure functions (shared by both engines)
+# ------------------------------------------------------------------------------------------- requests
 
-def common_prefix(a: tuple, b: tuple) -> int:
-    """Length of the longest common prefix of two token tuples."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
-    return lo
+@dataclass
+class Prefill:
+    """The context of `tokens`, reusing the longest computed prefix among `reuse` (and the engine's shared
+    heads). `compact`: store everything after the shared head as one segment (for long-lived contexts)."""
+
+    tokens: tuple
+    counters: Counters
+    reuse: tuple = ()
+    compact: bool = False
 
 
-def topk_distribution(logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple:
-    """logits [B, V] -> (probs [B, k] sorted descending and renormalised, ids [B, k])."""
-    values, ids = torch.topk(logits.float() / temperature, min(k, logits.shape[-1]), dim=-1)
-    return torch.softmax(values, dim=-1), ids
+@dataclass
+class Rollout:
+    """Decode one row after the context: sampled from the full softmax at T = 1 with one uniform of
+    `generator` per token (greedy when None), until done(new tokens) (also tested before the first) or
+    max_tokens."""
+
+    max_tokens: int
+    done: Callable
+    generator: Optional[torch.Generator]
 
 
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """probs [B, K] (rows sum to ~1), u [B] in [0, 1) -> column index [B] of the sampled entry."""
-    cdf = torch.cumsum(probs.double(), dim=-1)
-    idx = torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
-    return idx.clamp_(max=probs.shape[-1] - 1)
+@dataclass
+class Expand:
+    """Candidate segments after `context` (rows of `spec`, uniforms u [R, length]; none when spec is None)
+    and a rollout riding in the same forwards. -> Expansion."""
+
+    context: Context
+    counters: Counters
+    spec: Optional[SegmentSpec] = None
+    u: Optional[torch.Tensor] = None
+    rollout: Optional[Rollout] = None
 
 
-def pick_tokens(probs: torch.Tensor, ids: torch.Tensor, u: Optional[torch.Tensor]) -> tuple:
-    """Pick one entry per row: argmax when u is None, else inverse-CDF with u. -> (token ids [B], probs [B])."""
-    col = torch.zeros(probs.shape[0], dtype=torch.long) if u is None else inverse_cdf(probs, u)
-    rows = torch.arange(probs.shape[0])
-    return ids[rows, col], probs[rows, col]
+@dataclass
+class Expansion:
+    rows: list
+    """(tokens tuple, probability) per candidate row; a row ends early at a stop id (kept)."""
+    rollout: list
+    """The rollout's new tokens."""
 
 
-def sample_full(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Ancestral sample from the full softmax at temperature 1: logits [B, V], u [B] -> ids [B]."""
-    return inverse_cdf(torch.softmax(logits.float(), dim=-1), u)
+@dataclass
+class Judge:
+    """Next-token probabilities after tokens + tail_i for each tail, reusing the longest computed prefix
+    of `tokens` among `reuse` and the shared heads. -> JudgeResult."""
+
+    tokens: tuple
+    tails: list
+    counters: Counters
+    reuse: tuple = ()
 
 
-@dataclass(frozen=True)
-class SegmentSpec:
-    """How to draw candidate segments: rows of `length` tokens; row 0 greedy when `greedy`."""
-
-    length: int
-    topk: int
-    temperature: float
-    greedy: bool
-    stop_ids: frozenset
+@dataclass
+class JudgeResult:
+    probs: torch.Tensor
+    """[len(tails), V] float32."""
+    context: Context
+    """The context of the shared tokens, to reuse for the next judgement."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Engines
+class Job:
+    """A request in progress. `done` once `result` is set."""
+
+    done: bool = False
+    result = None
+
+    def rows(self) -> list:
+        return []
+
+    def feed(self, logits: list, new: list) -> None:
+        """This job's rows' logits (one [V] per wanting row) and new KV, after a forward."""
+
+
+class _Done(Job):
+    def __init__(self, result):
+        self.done, self.result = True, result
+
 
 class Engine:
-    """Interface and shared plumbing; see the module docstring for the two implementations."""
+    """Interface: `submit` a request, `step` until its job is done; `run` does both for one request."""
 
     def __init__(self, model, *, pad_id: int = 0):
         self.model = model
         self.pad_id = pad_id
-        self.counters = Counters()
         self.device = model.get_input_embeddings().weight.device
+        self.batches = BatchCounters()
+        self.jobs: list = []
+        self.heads: list = []
 
-    # -- the one forward pass --
-    @torch.no_grad()
-    def _forward(self, ids: torch.Tensor, kv: Optional[KV], keep: int = 1) -> tuple:
-        """ids [B, T] on top of kv -> (float32 logits of the last `keep` positions [B, keep, V], new KV)."""
-        out = self.model(input_ids=ids.to(self.device), cache=self._cache(kv), use_cache=True, logits_to_keep=keep)
-        self.counters.forward_calls += 1
-        self.counters.tokens_fed += ids.numel()
-        new_kv = tuple((layer.keys, layer.values) for layer in out.cache.layers)
-        return out.logits.float(), new_kv
+    def submit(self, request) -> Job:
+        job = self._job(request)
+        if not job.done:
+            self.jobs.append(job)
+        return job
 
-    def _cache(self, kv: Optional[KV]) -> DynamicCache:
-        """A DynamicCache over a snapshot. Plain layers take the tensors as they are (no copy); other layer
-        types (sliding windows) are filled through the public constructor."""
-        cache = DynamicCache(config=self.model.config)
-        if kv is None:
-            return cache
-        if len(cache.layers) != len(kv) or any(type(layer) is not DynamicLayer for layer in cache.layers):
-            return DynamicCache(ddp_cache_data=kv, config=self.model.config)
-        for layer, (k, v) in zip(cache.layers, kv):
-            layer.lazy_initialization(k, v)
-            layer.keys, layer.values = k, v
-        return cache
+    def step(self) -> None:
+        """One forward pass over the rows of every active job."""
 
-    def _logits_of(self, tokens: tuple) -> torch.Tensor:
-        """Next-token logits [V] after `tokens`, from scratch (no cache)."""
-        logits, _ = self._forward(torch.tensor([tokens]), None)
-        return logits[0, -1].cpu()
+    def run(self, request):
+        job = self.submit(request)
+        while not job.done:
+            self.step()
+        return job.result
 
-    # -- interface --
-    def anchor(self, name: str, tokens) -> None:
-        """Declare a prefix that later contexts will start with (the cached engine keeps its KV)."""
+    def share(self, tokens) -> Context:
+        """A fixed prompt head that many contexts start with (the few-shot prompt, the judge's instruction):
+        computed once, stored once, reused by every later request. Counted in no search."""
+        return Context(tuple(tokens), None)
 
-    def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
-        """The context's next-token state; `keep_as` names it as an anchor for later contexts to reuse."""
-        raise NotImplementedError
-
-    def extend(self, state: State, tokens) -> State:
-        raise NotImplementedError
-
-    def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
-        """Rows of candidate segments after `state`; u [R, length] uniforms (row 0 unused when greedy).
-        -> list of (tokens tuple, probability) per row; a row ends early at a stop id (kept)."""
-        raise NotImplementedError
-
-    def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
-        """Continue `state` one token at a time: sampled (full softmax, T=1) with `generator`, else greedy.
-        Stops when done(new_tokens) (also tested before the first token) or after max_tokens. -> new tokens."""
-        raise NotImplementedError
-
-    def last_probs(self, anchor, shared, tails: list) -> torch.Tensor:
-        """Next-token probabilities [len(tails), V] after shared + tail_i for each i. `anchor` is a fixed
-        prefix that many calls share (the judge's instruction and examples): the cached engine keeps it."""
+    def _job(self, request) -> Job:
         raise NotImplementedError
 
 
-def _row_u(u_col: torch.Tensor, spec: SegmentSpec) -> torch.Tensor:
-    """Uniforms of all rows for one position; NaN marks the greedy row (argmax)."""
-    if not spec.greedy:
-        return u_col
-    u_col = u_col.clone()
-    u_col[0] = float("nan")
-    return u_col
+# ------------------------------------------------------------------------------------------- cached
+
+def _crop_chain(segments: tuple, n: int) -> tuple:
+    """The chain's first n tokens (views)."""
+    out = []
+    for seg in segments:
+        if seg.start >= n:
+            break
+        out.append(seg.crop(min(seg.length, n - seg.start)))
+    return tuple(out)
 
 
-def _pick_rows(probs, ids, u):
-    """pick_tokens with per-row argmax where u is NaN."""
-    greedy = torch.isnan(u)
-    tok, p = pick_tokens(probs, ids, torch.where(greedy, torch.zeros_like(u), u))
-    if greedy.any():
-        g_tok, g_p = pick_tokens(probs, ids, None)
-        tok, p = torch.where(greedy, g_tok, tok), torch.where(greedy, g_p, p)
-    return tok, p
+def _compact(segments: tuple, *, keep_first: bool) -> tuple:
+    """Bound a chain: after its shared head, keep the first own segment (when keep_first) and merge the rest."""
+    head = [s for s in segments if s.shared]
+    own = [s for s in segments if not s.shared]
+    kept = own[:1] if keep_first else []
+    rest = own[len(kept):]
+    return tuple(head + kept + ([merge_segments(rest)] if rest else []))
+
+
+class _Prefix:
+    """Where a new context starts: the longest computed prefix among the candidates (cropped by views)."""
+
+    def __init__(self, tokens: tuple, candidates):
+        best, shared = None, 0
+        for ctx in candidates:
+            if ctx is None or not ctx.segments:
+                continue
+            n = common_prefix(ctx.tokens, tokens)
+            if n > shared:
+                best, shared = ctx, n
+        self.whole = best if best is not None and shared == len(tokens) == len(best.tokens) else None
+        self.length = shared
+        self.base = _crop_chain(best.segments, shared) if best is not None else ()
+
+
+def _own_segment(new: tuple, start: int, tokens: tuple) -> Segment:
+    """A stored segment from a row's new KV (copied out of the packed forward's tensors)."""
+    keys, values = new
+    return Segment([k.clone() for k in keys], [v.clone() for v in values], start, tuple(tokens))
+
+
+def _append_past(past: Optional[tuple], new: tuple) -> tuple:
+    if past is None:
+        return new
+    return ([torch.cat([a, b], dim=1) for a, b in zip(past[0], new[0])],
+            [torch.cat([a, b], dim=1) for a, b in zip(past[1], new[1])])
+
+
+class _PrefillJob(Job):
+    def __init__(self, engine: "CachedEngine", request: Prefill):
+        self.request = request
+        start = _Prefix(request.tokens, list(request.reuse) + engine.heads)
+        if start.whole is not None and start.whole.logits is not None and not request.compact:
+            self.done, self.result = True, start.whole
+            return
+        n = min(start.length, len(request.tokens) - 1)  # feed at least one token, for the logits
+        self.base = _crop_chain(start.base, n)
+        self.new_tokens = request.tokens[n:]
+
+    def rows(self) -> list:
+        return [Row(base=self.base, tokens=list(self.new_tokens))]
+
+    def feed(self, logits: list, new: list) -> None:
+        self.request.counters.forward_calls += 1
+        self.request.counters.tokens_fed += len(self.new_tokens)
+        start = self.base[-1].end if self.base else 0
+        chain = _compact(self.base + (_own_segment(new[0], start, self.new_tokens),),
+                         keep_first=not self.request.compact)
+        self.done, self.result = True, Context(self.request.tokens, logits[0], chain)
+
+
+class _ExpandJob(Job):
+    """Candidate rows and the rollout row advance together, one token per forward each."""
+
+    def __init__(self, engine: "CachedEngine", request: Expand):
+        self.request, self.engine = request, engine
+        ctx, spec, rollout = request.context, request.spec, request.rollout
+        self.seqs, self.probs, self.alive, self.pasts = [], [], [], []
+        if spec is not None:
+            tok, p = pick_rows(*topk_distribution(ctx.logits.unsqueeze(0).expand(request.u.shape[0], -1), spec.topk,
+                                                  spec.temperature), row_uniforms(request.u[:, 0], spec))
+            self.seqs = [[t] for t in tok.tolist()]
+            self.probs = p.double().tolist()
+            self.alive = [t not in spec.stop_ids and spec.length > 1 for t in self.seqs_last()]
+            self.pasts = [None] * len(self.seqs)
+        self.rollout: list = []
+        self.rollout_past = None
+        self.rolling = rollout is not None and not rollout.done([])
+        if self.rolling:
+            self._rollout_pick(ctx.logits)
+        self._finish_if_done()
+
+    def seqs_last(self) -> list:
+        return [s[-1] for s in self.seqs]
+
+    def _rollout_pick(self, logits: torch.Tensor) -> None:
+        r = self.request.rollout
+        if r.generator is None:
+            tok = int(logits.argmax())
+        else:
+            tok = int(sample_full(logits.unsqueeze(0), torch.rand(1, generator=r.generator))[0])
+        self.rollout.append(tok)
+        self.request.counters.sampled_tokens += 1
+        if r.done(self.rollout) or len(self.rollout) >= r.max_tokens:
+            self.rolling = False
+
+    def _finish_if_done(self) -> None:
+        if not self.rolling and not any(self.alive):
+            self.done = True
+            self.result = Expansion([(tuple(s), p) for s, p in zip(self.seqs, self.probs)], self.rollout)
+
+    def rows(self) -> list:
+        base = self.request.context.segments
+        rows = [Row(base=base, tokens=[s[-1]], past=past, past_len=len(s) - 1)
+                for s, past, alive in zip(self.seqs, self.pasts, self.alive) if alive]
+        if self.rolling:
+            rows.append(Row(base=base, tokens=[self.rollout[-1]], past=self.rollout_past,
+                            past_len=len(self.rollout) - 1))
+        return rows
+
+    def feed(self, logits: list, new: list) -> None:
+        counters, spec = self.request.counters, self.request.spec
+        counters.forward_calls += 1
+        counters.tokens_fed += len(logits)
+        live = [r for r, alive in enumerate(self.alive) if alive]
+        if live:
+            j = len(self.seqs[live[0]])
+            counters.sampled_tokens += len(live)
+            u = row_uniforms(self.request.u[:, j], spec)[live]
+            tok, p = pick_rows(*topk_distribution(torch.stack(logits[:len(live)]), spec.topk, spec.temperature),
+                               u)
+            for i, r in enumerate(live):
+                t = int(tok[i])
+                self.seqs[r].append(t)
+                self.probs[r] *= float(p[i])
+                self.pasts[r] = _append_past(self.pasts[r], new[i])
+                self.alive[r] = t not in spec.stop_ids and j + 1 < spec.length
+        if self.rolling:
+            self.rollout_past = _append_past(self.rollout_past, new[-1])
+            self._rollout_pick(logits[-1])
+        self._finish_if_done()
+
+
+class _JudgeJob(Job):
+    def __init__(self, engine: "CachedEngine", request: Judge):
+        self.request = request
+        start = _Prefix(request.tokens, list(request.reuse) + engine.heads)
+        self.base = start.base
+        self.shared_new = request.tokens[start.length:]
+
+    def rows(self) -> list:
+        tails = [list(t) for t in self.request.tails]
+        if not self.shared_new:
+            return [Row(base=self.base, tokens=t) for t in tails]
+        return [Row(base=self.base, tokens=list(self.shared_new), want_logits=False)] + \
+            [Row(base=self.base, tokens=t, parent=0) for t in tails]
+
+    def feed(self, logits: list, new: list) -> None:
+        counters = self.request.counters
+        counters.forward_calls += 1
+        counters.tokens_fed += len(self.shared_new) + sum(len(t) for t in self.request.tails)
+        chain = self.base
+        if self.shared_new:
+            start = self.base[-1].end if self.base else 0
+            chain = _compact(chain + (_own_segment(new[0], start, self.shared_new),), keep_first=True)
+        probs = torch.softmax(torch.stack(logits), dim=-1)
+        self.done, self.result = True, JudgeResult(probs, Context(self.request.tokens, None, chain))
 
 
 class CachedEngine(Engine):
-    """Prefix KV caches, batched candidate rows, batched judge orders."""
+    """Every active job's rows in one packed forward per step, over prefixes stored once."""
 
-    def __init__(self, model, *, pad_id: int = 0):
+    JOBS = {Prefill: _PrefillJob, Expand: _ExpandJob, Judge: _JudgeJob}
+
+    def __init__(self, model, *, pad_id: int = 0, max_length: int = 2048):
         super().__init__(model, pad_id=pad_id)
-        self.anchors: dict = {}
-        # Cropping a cache by slicing is exact for plain layers only (not for sliding windows).
-        self.can_crop = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
-        self.anchor_builds: dict = {}  # name -> how many times that anchor was (re)computed
+        check_supported(model, max_length)
 
-    def anchor(self, name: str, tokens) -> None:
+    def _job(self, request) -> Job:
+        return self.JOBS[type(request)](self, request)
+
+    def share(self, tokens) -> Context:
         tokens = tuple(tokens)
-        if name not in self.anchors or self.anchors[name].tokens != tokens:
-            self.anchors[name] = self.state(tokens)
-            self.anchor_builds[name] = self.anchor_builds.get(name, 0) + 1
+        for ctx in self.heads:
+            if ctx.tokens == tokens:
+                return ctx
+        ctx = self.run(Prefill(tokens, Counters(), compact=True))
+        for seg in ctx.segments:
+            seg.shared = True
+        self.heads.append(ctx)
+        return ctx
 
-    def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
-        """The context's state, reusing the anchor sharing the longest prefix (its KV cropped by slicing)."""
-        tokens = tuple(tokens)
-        best, shared = None, 0
-        for a in self.anchors.values():
-            n = common_prefix(a.tokens, tokens)
-            if n > shared and (self.can_crop or n == len(a.tokens)):
-                best, shared = a, n
-        if best is not None and shared == len(tokens) == len(best.tokens):
-            result = best
-        elif best is None:
-            logits, kv = self._forward(torch.tensor([tokens]), None)
-            result = State(tokens, logits[0, -1].cpu(), kv)
-        else:
-            shared = min(shared, len(tokens) - 1)  # feed at least one token, for the logits
-            base = State(tokens[:shared], best.logits, tuple((k[:, :, :shared], v[:, :, :shared]) for k, v in best.kv))
-            result = self.extend(base, tokens[shared:])
-        if keep_as:
-            self.anchors[keep_as] = result
-        return result
+    def step(self) -> None:
+        jobs = [job for job in self.jobs if not job.done]
+        plan = [(job, job.rows()) for job in jobs]
+        rows = [row for _, job_rows in plan for row in job_rows]
+        if not rows:
+            self.jobs = []
+            return
+        # parent indices are local to a job: make them global
+        offset, packed = 0, []
+        for job, job_rows in plan:
+            for row in job_rows:
+                if row.parent is not None:
+                    row.parent += offset
+                packed.append(row)
+            offset += len(job_rows)
+        logits, new = forward_rows(self.model, packed)
+        logits = logits.cpu()
+        self.batches.forwards += 1
+        self.batches.rows += len(packed)
+        self.batches.tokens += sum(len(r.tokens) for r in packed)
+        at, row_at = 0, 0
+        for job, job_rows in plan:
+            wanting = sum(1 for r in job_rows if r.want_logits)
+            job.feed(list(logits[at:at + wanting]), new[row_at:row_at + len(job_rows)])
+            at += wanting
+            row_at += len(job_rows)
+        self.jobs = [job for job in jobs if not job.done]
 
-    def extend(self, state: State, tokens) -> State:
-        tokens = tuple(tokens)
-        if not tokens:
-            return state
-        logits, kv = self._forward(torch.tensor([tokens]), state.kv)
-        return State(state.tokens + tokens, logits[0, -1].cpu(), kv)
 
-    def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
-        rows = u.shape[0]
-        tok, p = _pick_rows(*topk_distribution(state.logits.unsqueeze(0).expand(rows, -1), spec.topk,
-                                               spec.temperature), _row_u(u[:, 0], spec))
-        seqs, probs = [[t] for t in tok.tolist()], p.double()
-        alive = torch.tensor([t not in spec.stop_ids for t in tok.tolist()])
-        kv = tuple((k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in state.kv)
-        for j in range(1, spec.length):
-            if not alive.any():
-                break
-            logits, kv = self._forward(tok.unsqueeze(1), kv)
-            self.counters.sampled_tokens += int(alive.sum())
-            tok, p = _pick_rows(*topk_distribution(logits[:, -1].cpu(), spec.topk, spec.temperature),
-                                _row_u(u[:, j], spec))
-            for r in torch.nonzero(alive).flatten().tolist():
-                seqs[r].append(int(tok[r]))
-                probs[r] *= float(p[r])
-                if int(tok[r]) in spec.stop_ids:
-                    alive[r] = False
-        return [(tuple(s), float(pr)) for s, pr in zip(seqs, probs)]
-
-    def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
-        if done([]):
-            return []
-        new: list = []
-        logits, kv = state.logits.unsqueeze(0), state.kv
-        while len(new) < max_tokens:
-            if generator is None:
-                tok = int(logits[0].argmax())
-            else:
-                tok = int(sample_full(logits, torch.rand(1, generator=generator))[0])
-            new.append(tok)
-            self.counters.sampled_tokens += 1
-            if done(new) or len(new) >= max_tokens:
-                break
-            out, kv = self._forward(torch.tensor([[tok]]), kv)
-            logits = out[:, -1].cpu()
-        return new
-
-    def last_probs(self, anchor, shared, tails: list) -> torch.Tensor:
-        self.anchor("judge", anchor)
-        base = self.state(shared, keep_as="judge-last")
-        lengths = [len(t) for t in tails]
-        width = max(lengths)
-        # Right padding needs no mask: a causal model's real positions never see later pads.
-        ids = torch.tensor([list(t) + [self.pad_id] * (width - len(t)) for t in tails])
-        kv = tuple((k.expand(len(tails), -1, -1, -1), v.expand(len(tails), -1, -1, -1)) for k, v in base.kv)
-        logits, _ = self._forward(ids, kv, keep=width)
-        rows = torch.arange(len(tails))
-        return torch.softmax(logits[rows, torch.tensor(lengths) - 1].cpu(), dim=-1)
-
+# ------------------------------------------------------------------------------------------- reference
 
 class ReferenceEngine(Engine):
-    """Plain recompute: every distribution is one full forward from token 0, batch 1."""
+    """Plain recompute: every distribution is one full forward from token 0, batch 1; jobs finish at submit."""
 
-    def state(self, tokens, *, keep_as: Optional[str] = None) -> State:
-        tokens = tuple(tokens)
-        return State(tokens, self._logits_of(tokens))
+    def _logits_of(self, tokens: tuple, counters: Counters) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([tokens], device=self.device), use_cache=False, logits_to_keep=1)
+        counters.forward_calls += 1
+        counters.tokens_fed += len(tokens)
+        self.batches.forwards += 1
+        self.batches.rows += 1
+        self.batches.tokens += len(tokens)
+        return out.logits[0, -1].float().cpu()
 
-    def extend(self, state: State, tokens) -> State:
-        return self.state(state.tokens + tuple(tokens))
+    @torch.no_grad()
+    def _job(self, request) -> Job:
+        if isinstance(request, Prefill):
+            return _Done(Context(request.tokens, self._logits_of(request.tokens, request.counters)))
+        if isinstance(request, Judge):
+            probs = torch.stack([torch.softmax(self._logits_of(request.tokens + tuple(t), request.counters), dim=-1)
+                                 for t in request.tails])
+            return _Done(JudgeResult(probs, Context(request.tokens, None)))
+        rollout = self._decode(request) if request.rollout is not None else []
+        rows = self._segments(request) if request.spec is not None else []
+        return _Done(Expansion(rows, rollout))
 
-    def segments(self, state: State, spec: SegmentSpec, u: torch.Tensor) -> list:
+    def _segments(self, request: Expand) -> list:
+        ctx, spec, u, counters = request.context, request.spec, request.u, request.counters
         out = []
         for r in range(u.shape[0]):
-            seq, prob, logits = [], 1.0, state.logits
+            seq, prob, logits = [], 1.0, ctx.logits
             for j in range(spec.length):
                 probs, ids = topk_distribution(logits.unsqueeze(0), spec.topk, spec.temperature)
-                greedy = spec.greedy and r == 0
-                tok, p = pick_tokens(probs, ids, None if greedy else u[r:r + 1, j])
+                tok, p = pick_tokens(probs, ids, None if spec.greedy and r == 0 else u[r:r + 1, j])
                 seq.append(int(tok[0]))
                 prob *= float(p[0])
                 if seq[-1] in spec.stop_ids or j == spec.length - 1:
                     break
-                self.counters.sampled_tokens += 1
-                logits = self._logits_of(state.tokens + tuple(seq))
+                counters.sampled_tokens += 1
+                logits = self._logits_of(ctx.tokens + tuple(seq), counters)
             out.append((tuple(seq), prob))
         return out
 
-    def decode(self, state: State, *, max_tokens: int, done: Callable, generator=None) -> list:
-        if done([]):
+    def _decode(self, request: Expand) -> list:
+        r, ctx, counters = request.rollout, request.context, request.counters
+        if r.done([]):
             return []
         new: list = []
-        logits = state.logits
-        while len(new) < max_tokens:
-            if generator is None:
+        logits = ctx.logits
+        while len(new) < r.max_tokens:
+            if r.generator is None:
                 tok = int(logits.argmax())
             else:
-                tok = int(sample_full(logits.unsqueeze(0), torch.rand(1, generator=generator))[0])
+                tok = int(sample_full(logits.unsqueeze(0), torch.rand(1, generator=r.generator))[0])
             new.append(tok)
-            self.counters.sampled_tokens += 1
-            if done(new) or len(new) >= max_tokens:
+            counters.sampled_tokens += 1
+            if r.done(new) or len(new) >= r.max_tokens:
                 break
-            logits = self._logits_of(state.tokens + tuple(new))
+            logits = self._logits_of(ctx.tokens + tuple(new), counters)
         return new
 
-    def last_probs(self, anchor, shared, tails: list) -> torch.Tensor:
-        return torch.stack([torch.softmax(self._logits_of(tuple(shared) + tuple(t)), dim=-1) for t in tails])
 
-
-def make_engine(model, tokenizer, kind: str = "cached") -> Engine:
+def make_engine(model, tokenizer, kind: str = "cached", *, max_length: int = 2048) -> Engine:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    cls = {"cached": CachedEngine, "reference": ReferenceEngine}[kind]
-    return cls(model, pad_id=pad)
+    if kind == "reference":
+        return ReferenceEngine(model, pad_id=pad)
+    if kind == "cached":
+        return CachedEngine(model, pad_id=pad, max_length=max_length)
+    raise ValueError(f"search.engine must be cached or reference, got {kind!r}")

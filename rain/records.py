@@ -34,8 +34,8 @@ from typing import Optional
 from rain.fileio import OutputError, atomic_write_text, describe
 from rain.tasks import Item, Selection
 
-# Fields that may change between runs sharing one output name (selection, location, retries only).
-_SELECTION_FIELDS = ("start", "end", "limit", "outdir", "name", "retry_errors")
+# Fields that may change between runs sharing one output name (selection, location, batching, retries: not answers).
+_SELECTION_FIELDS = ("start", "end", "limit", "outdir", "name", "batch_size", "retry_errors")
 STATUS_RANK = {"ok": 0, "skipped": 0, "error": 1}
 """Which record the merge keeps when a prompt has several: the lowest rank, then the first written."""
 

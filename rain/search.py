@@ -1,5 +1,5 @@
 """RAIN's search: the inner loop (select, simulate, evaluate, expand, back up) and the outer loop
-(commit the most-visited segment, keep its subtree, stop).
+(commit the most-visited segment, keep its subtree, stop), for one question or many at once.
 
 Paper symbols and names used here:
   N(s, a)  -> Node.visits (real_visits counts genuine backups only)
@@ -7,25 +7,34 @@ Paper symbols and names used here:
   p(a | s) -> Node.prior
   c        -> search.c_puct;  T_m -> search.min_visits;  V -> search.value_threshold
   "token set"  -> a segment of search.segment_lengths[depth] tokens
-  "rewind"     -> the search leaving a branch whose value fell: a commit that is not the child the
-                  LM preferred a priori (counted in Stats.rewinds)
+  "rewind"     -> the search leaving a branch whose value fell; measured by Stats.backtracks and
+                  Stats.leader_changes (Stats.non_greedy_commits only says the answer left the LM's favourite)
+
+Shape: a `Searcher` is long-lived (model, engine, evaluator, embedder, config); a `SearchState` is one
+question's search (tree, answer, memo, statistics, random generator). `Searcher.search(state)` is a
+generator: it yields what it needs from the LM (`rain.lm` requests) and the embedder (`Embed`), and
+`drive` serves the requests of up to B searches together, in shared forward passes and one embedder
+call per round. A search's answer depends only on its own requests' results, so B does not change it.
 
 Knows: the algorithm of RAIN_ALGORITHM.md §1 with the official constants (config defaults) and
-the fixes listed in docs/deviations.md. Does not know: how the LM is run (lm.Engine), how a
+the fixes listed in docs/deviations.md. Does not know: how the LM is run (which engine), how a
 verdict is obtained (any evaluator callable), or any benchmark.
 """
 
 from __future__ import annotations
 
+import queue
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from .config import RainConfig
+from .evaluate import SelfEvaluator
 from .formats import AnswerRules, answer_rules, check_question, prompt_ids, prompt_text
-from .lm import Counters, Engine, SegmentSpec, topk_distribution
+from .lm import Context, Counters, Engine, Expand, Prefill, Rollout, make_engine
+from .sampling import SegmentSpec, common_prefix, topk_distribution
 from .tree import (Node, ValueBounds, add_children, backup, clamp_greedy, mix_priors, most_visited,
                    needs_widening, select_child, widen_with)
 
@@ -46,8 +55,15 @@ class Stats:
     embed_calls: int = 0
     inner_iterations: int = 0
     commits: int = 0
-    rewinds: int = 0
+    non_greedy_commits: int = 0
+    """Commits whose segment is not the root child with the highest prior (the LM's a-priori favourite)."""
+    leader_changes: int = 0
+    """Inner iterations after which the most-visited root child is another than before it (summed over steps)."""
+    backtracks: int = 0
+    """Inner iterations that leave the root child the previous iterations went through, after that child's value
+    fell below what it was when the search entered it: the search rewinding out of a branch it judged worse."""
     widenings: int = 0
+    """Children added by dynamic widening."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +78,13 @@ class GenerationResult:
     prompt: str
     stats: Stats
     trace: list = field(default_factory=list)
+
+
+@dataclass
+class Embed:
+    """A request for sentence embeddings of `texts` (served by `drive`, batched across searches)."""
+
+    texts: list
 
 
 class PromptTooLong(ValueError):
@@ -83,205 +106,405 @@ def start_prompt(tokenizer, question: str, cfg: RainConfig) -> list:
     return ids
 
 
-class Rain:
-    """RAIN over one frozen model. Create once per process: the judge's fixed prompt part is cached across questions."""
+def prompt_head(tokenizer, cfg: RainConfig) -> tuple:
+    """The token ids every policy prompt of this format starts with (the few-shot dialogue, a system prompt)."""
+    a, b = (prompt_ids(tokenizer, q, cfg.prompt) for q in ("x", "y"))
+    return tuple(a[:common_prefix(tuple(a), tuple(b))])
 
-    def __init__(self, engine: Engine, tokenizer, cfg: RainConfig, *, evaluator: Callable, embedder,
-                 judge_counter: Optional[Callable] = None):
-        self.engine, self.tokenizer, self.cfg, self.s = engine, tokenizer, cfg, cfg.search
-        self.evaluator, self.embedder = evaluator, embedder
-        self.rules: AnswerRules = answer_rules(tokenizer, engine.model, cfg.prompt, cfg.search.stop_chars)
-        self.judge_counter = judge_counter
+
+def best_candidates(rows: list, keep: int) -> list:
+    """Greedy row plus up to keep-1 distinct sampled rows (in draw order); greedy's probability clamped."""
+    greedy, sampled = rows[0], []
+    for seg, p in rows[1:]:
+        if len(sampled) == keep - 1:
+            break
+        if seg != greedy[0] and seg not in [s for s, _ in sampled]:
+            sampled.append((seg, p))
+    return [(greedy[0], clamp_greedy(greedy[1], [p for _, p in sampled]))] + sampled
+
+
+@dataclass(eq=False)
+class SearchState:
+    """One question's search, passed explicitly: its tree, answer, memo, statistics and random generator."""
+
+    question: str
+    prompt: tuple
+    gen: torch.Generator
+    prompt_end: str
+    """The prompt's last character (a clause may end there while the answer is empty)."""
+    root: Node = field(default_factory=lambda: Node(depth=0))
+    answer: tuple = ()
+    memo: dict = field(default_factory=dict)
+    """Judged text -> value."""
+    embedded: dict = field(default_factory=dict)
+    """Text -> sentence embedding (the same texts recur whenever a leaf and its rollout do)."""
+    bounds: ValueBounds = field(default_factory=ValueBounds)
+    stats: Stats = field(default_factory=Stats)
+    trace: list = field(default_factory=list)
+    lm: Counters = field(default_factory=Counters)
+    judge: Counters = field(default_factory=Counters)
+    committed: Optional[Context] = None
+    leaf: Optional[Context] = None
+    judged: Optional[Context] = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Searcher:
+    """RAIN over one frozen model. Build once and reuse: the fixed prompt heads are computed once."""
+
+    def __init__(self, model, tokenizer, config: Optional[RainConfig] = None, *, evaluator: Optional[Callable] = None,
+                 embedder=None, engine: Optional[Engine] = None):
+        from .embed import shared_embedder
+
+        self.cfg = config or RainConfig()
+        self.s, self.tokenizer = self.cfg.search, tokenizer
+        self.engine = engine or make_engine(model, tokenizer, self.s.engine, max_length=self.s.max_length)
+        self.judge = SelfEvaluator(self.engine, tokenizer, self.cfg.judge) if evaluator is None else None
+        self.evaluator = evaluator or self.judge
+        self.embedder = embedder or shared_embedder(self.cfg.judge.embedder, str(self.engine.device))
+        self.rules: AnswerRules = answer_rules(tokenizer, model, self.cfg.prompt, self.s.stop_chars)
+        head = prompt_head(tokenizer, self.cfg)
+        if len(head) >= 8:
+            self.engine.share(head)
+
+    # ------------------------------------------------------------------ entry points
+    def start(self, question: str, seed: Optional[int] = None) -> SearchState:
+        prompt = tuple(start_prompt(self.tokenizer, question, self.cfg))
+        return SearchState(question=question, prompt=prompt,
+                           gen=torch.Generator().manual_seed(self.s.seed if seed is None else seed),
+                           prompt_end=self.tokenizer.decode(list(prompt), skip_special_tokens=True)[-1:])
+
+    def generate(self, question: str, *, seed: Optional[int] = None, progress: Optional[Callable] = None):
+        """RAIN's answer to `question`. `progress(stats, answer_text)` is called after every inner iteration."""
+        ((_, result),) = drive(self, [(0, self.search(self.start(question, seed), progress))], batch_size=1)
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     # ------------------------------------------------------------------ outer loop
-    def generate(self, question: str, *, seed: Optional[int] = None,
-                 progress: Optional[Callable] = None) -> GenerationResult:
-        """RAIN's answer to `question`. `progress(stats, answer_text)` is called after every inner iteration."""
-        t0 = time.perf_counter()
-        prompt = start_prompt(self.tokenizer, question, self.cfg)
-        self.question, self.prompt = question, tuple(prompt)
-        self.prompt_end = self.tokenizer.decode(prompt, skip_special_tokens=True)[-1:]  # a clause may end there
-        self.gen = torch.Generator().manual_seed(self.s.seed if seed is None else seed)
-        self.stats, self.memo, self.bounds, trace = Stats(), {}, ValueBounds(), []
-        before, embeds_before = self.engine.counters.snapshot(), self.embedder.calls
-        judge_before = self.judge_counter() if self.judge_counter else Counters()
-        self.answer: tuple = ()
-        root = Node(depth=0)
-        self.engine.anchor("prefix", self.prompt)
-        cap = self.s.max_total_iterations
-        while not self._answer_done(self.answer):
+    def search(self, st: SearchState, progress: Optional[Callable] = None):
+        """The whole question as a generator of requests; returns the GenerationResult."""
+        s, root = self.s, st.root
+        st.committed = yield Prefill(st.prompt, st.lm, compact=True)
+        cap = s.max_total_iterations
+        while not self._answer_done(st, st.answer):
             # 1. search: top the root's visits up to max_iterations, with at least min_fresh_iterations new ones
-            budget = max(self.s.max_iterations - root.real_visits, self.s.min_fresh_iterations)
+            budget = max(s.max_iterations - root.real_visits, s.min_fresh_iterations)
             if cap is not None:
-                budget = min(budget, cap - self.stats.inner_iterations)
+                budget = min(budget, cap - st.stats.inner_iterations)
+            leader, current = most_visited(root), None  # current: (root child being explored, its value on entry)
             for _ in range(budget):
-                self._iterate(root)
-                self.stats.inner_iterations += 1
+                branch, before = yield from self._iterate(st, root)
+                if current is None or branch is not current[0]:
+                    if current is not None and current[0].value < current[1]:
+                        st.stats.backtracks += 1
+                    current = (branch, before) if branch is not None else None
+                st.stats.inner_iterations += 1
                 if progress:
-                    progress(self.stats, self.rules.text(self.tokenizer, self.answer))
+                    progress(st.stats, self.rules.text(self.tokenizer, st.answer))
                 best = most_visited(root)
-                if best and best.real_visits > self.s.min_visits and best.value > self.s.value_threshold:
+                if leader is not None and best is not leader:
+                    st.stats.leader_changes += 1
+                leader = best
+                if best and best.real_visits > s.min_visits and best.value > s.value_threshold:
                     break
             # 2. commit the most-visited child, keep its subtree
             best = most_visited(root)
             if best is None:  # the root could not be expanded: the answer is complete
                 break
-            if self.s.trace:
-                trace.append(self._trace_entry(root))
+            if s.trace:
+                st.trace.append(self._trace_entry(st, root, best))
             if best is not max(root.children.values(), key=lambda ch: ch.prior):
-                self.stats.rewinds += 1
-            self.answer += best.tokens
-            self.stats.commits += 1
+                st.stats.non_greedy_commits += 1
+            st.answer += best.tokens
+            st.stats.commits += 1
             root, best.parent = best, None
             if root.children:
-                mix_priors(root, self.s.root_prior_mix)
-            self.engine.anchor("prefix", self.prompt + self.answer)
-            if cap is not None and self.stats.inner_iterations >= cap:
+                mix_priors(root, s.root_prior_mix)
+            if cap is not None and st.stats.inner_iterations >= cap:
                 break
-        answer = self._truncate(self.answer)
-        self._fill_stats(before, embeds_before, judge_before, t0, new_tokens=len(answer))
+            if not self._answer_done(st, st.answer):
+                st.committed = yield Prefill(st.prompt + st.answer, st.lm, reuse=(st.leaf, st.committed),
+                                             compact=True)
+        return self._result(st)
+
+    def _result(self, st: SearchState) -> GenerationResult:
+        answer = self._truncate(st, st.answer, 0)
+        stats = st.stats
+        stats.forward_calls = st.lm.forward_calls + st.judge.forward_calls
+        stats.tokens_fed = st.lm.tokens_fed + st.judge.tokens_fed
+        stats.sampled_tokens = st.lm.sampled_tokens
+        stats.judge_forward_calls, stats.judge_tokens_fed = st.judge.forward_calls, st.judge.tokens_fed
+        stats.new_tokens = len(answer)
+        stats.seconds = time.perf_counter() - st.started
         return GenerationResult(self.rules.text(self.tokenizer, answer), list(answer),
-                                prompt_text(self.tokenizer, question, self.cfg.prompt), self.stats, trace)
+                                prompt_text(self.tokenizer, st.question, self.cfg.prompt), stats, st.trace)
 
-    def _fill_stats(self, before: Counters, embeds_before: int, judge_before: Counters, t0: float, *,
-                    new_tokens: int) -> None:
-        used = self.engine.counters.minus(before)
-        self.stats.forward_calls, self.stats.tokens_fed = used.forward_calls, used.tokens_fed
-        self.stats.sampled_tokens = used.sampled_tokens
-        if self.judge_counter:
-            judge = self.judge_counter().minus(judge_before)
-            self.stats.judge_forward_calls, self.stats.judge_tokens_fed = judge.forward_calls, judge.tokens_fed
-        self.stats.embed_calls = self.embedder.calls - embeds_before
-        self.stats.new_tokens = new_tokens
-        self.stats.seconds = time.perf_counter() - t0
+    def _trace_entry(self, st: SearchState, root: Node, chosen: Node) -> dict:
+        """One committed step of the search trace (search.trace): the root's children, and the whole tree."""
+        decode = self.tokenizer.decode
 
-    def _trace_entry(self, root: Node) -> dict:
-        text = self.rules.text(self.tokenizer, self.answer)
-        return {"committed": text, "children": [
-            {"segment": self.tokenizer.decode(list(ch.tokens)), "visits": ch.visits, "real_visits": ch.real_visits,
-             "value": ch.value, "prior": ch.prior} for ch in root.children.values()]}
+        def node(n: Node) -> dict:
+            return {"segment": decode(list(n.tokens)), "token_ids": list(n.tokens), "visits": n.visits,
+                    "real_visits": n.real_visits, "value": n.value, "prior": n.prior, "verdict": n.verdict,
+                    "judged": n.judged, "committed": n is chosen, "children": [node(c) for c in n.children.values()]}
+
+        iterations = st.stats.inner_iterations - sum(step["iterations"] for step in st.trace)
+        return {"step": len(st.trace), "answer_before": self.rules.text(self.tokenizer, st.answer),
+                "iterations": iterations, "committed": decode(list(chosen.tokens)),
+                "children": [{"segment": decode(list(ch.tokens)), "visits": ch.visits, "real_visits": ch.real_visits,
+                              "value": ch.value, "prior": ch.prior} for ch in root.children.values()],
+                "tree": node(root)}
 
     # ------------------------------------------------------------------ stop rules
-    def _room(self, answer: tuple) -> int:
+    def _room(self, st: SearchState, answer: tuple) -> int:
         """Tokens the answer may still grow by (length limit and max_new_tokens)."""
-        return answer_limit(len(self.prompt), self.s) - len(answer)
+        return answer_limit(len(st.prompt), self.s) - len(answer)
 
-    def _answer_done(self, answer: tuple) -> bool:
-        return self._room(answer) <= 0 or self.rules.finished(self.tokenizer, answer)
+    def _answer_done(self, st: SearchState, answer: tuple) -> bool:
+        return self._room(st, answer) <= 0 or self.rules.finished(self.tokenizer, answer)
 
-    def _truncate(self, answer: tuple) -> tuple:
-        """Cut the answer just after its first stop token and at the token limits."""
-        for i, t in enumerate(answer):
-            if t in self.rules.stop_ids:
+    def _leaf_done(self, st: SearchState, node: Node, leaf_answer: tuple) -> bool:
+        """_answer_done for a leaf whose parent's answer is not done: only the leaf's segment is new."""
+        return (self._room(st, leaf_answer) <= 0
+                or self.rules.finished_tail(self.tokenizer, leaf_answer, len(node.tokens)))
+
+    def _truncate(self, st: SearchState, answer: tuple, start: int) -> tuple:
+        """Cut the answer just after its first stop token at or after `start`, and at the token limits."""
+        for i in range(start, len(answer)):
+            if answer[i] in self.rules.stop_ids:
                 answer = answer[:i + 1]
                 break
-        return answer[:answer_limit(len(self.prompt), self.s)]
+        return answer[:answer_limit(len(st.prompt), self.s)]
+
+    def _rollout_done(self, st: SearchState, leaf_answer: tuple) -> Callable:
+        tail = leaf_answer[-self.s.max_length:]
+        if self.s.rollout == "clause":
+            return lambda new: self.rules.clause_ended(self.tokenizer, tail + tuple(new), before=st.prompt_end)
+        return lambda new: self.rules.finished_tail(self.tokenizer, tail + tuple(new), min(len(new), 1))
 
     # ------------------------------------------------------------------ inner loop
-    def _iterate(self, root: Node) -> None:
+    def _iterate(self, st: SearchState, root: Node):
+        """One inner iteration. -> (the root child it went through or None, that child's value before)."""
         # 1. select a leaf, widening crowded bad nodes on the way down
         node = root
         while node.children:
-            self._maybe_widen(node, root)
-            node = select_child(node, c=self.s.c_puct, bounds=self.bounds, unvisited=self.s.unvisited_value)
+            yield from self._maybe_widen(st, node, root)
+            node = select_child(node, c=self.s.c_puct, bounds=st.bounds, unvisited=self.s.unvisited_value)
         path = node.path_from(root)
-        leaf_answer = self.answer + tuple(t for n in path for t in n.tokens)
+        branch = path[0] if path else None
+        before = branch.value if branch is not None else 0.0
+        leaf_answer = st.answer + tuple(t for n in path for t in n.tokens)
         if node.terminal is None:
-            node.terminal = self._answer_done(leaf_answer)
-        # 2. simulate: roll out to the end of the clause (or to EOS)
-        state, rollout = None, []
+            node.terminal = self._leaf_done(st, node, leaf_answer) if path else self._answer_done(st, leaf_answer)
+        # 2. simulate: roll out to the end of the clause (or to EOS), beside the expansion's candidate rows
+        ctx, rollout, candidates = None, [], None
         if not node.terminal:
-            state = self.engine.state(self.prompt + leaf_answer, keep_as="leaf")
-            rollout = self._rollout(state, leaf_answer)
-        # 3. self-evaluate the partial answer
-        value = self._evaluate(self._truncate(leaf_answer + tuple(rollout)))
+            room = self._room(st, leaf_answer)
+            ctx = yield Prefill(st.prompt + leaf_answer, st.lm, reuse=(st.leaf, st.committed))
+            st.leaf = ctx
+            rollout_request = Rollout(room, self._rollout_done(st, leaf_answer), st.gen)
+            length = self._segment_length(node.depth, room)
+            if length == 1:  # the children come from the leaf's distribution: nothing to sample
+                rollout = (yield Expand(ctx, st.lm, rollout=rollout_request)).rollout
+            else:
+                expansion = yield self._expand_request(st, ctx, length, self.s.sample_attempts, rollout_request)
+                rollout = expansion.rollout
+                candidates = best_candidates(expansion.rows, self.s.num_candidates)
+        # 3. self-evaluate the partial answer (and embed the path's texts in the same round)
+        judged = self._truncate(st, leaf_answer + tuple(rollout), len(st.answer))
+        value, embeddings = yield from self._evaluate(st, judged, self._path_texts(path, rollout))
+        if self.s.trace:
+            node.verdict, node.judged = value, self.rules.text(self.tokenizer, judged)
         # 4. expand the leaf
         if not node.terminal:
-            self._expand(node, state, is_root=node is root, room=self._room(leaf_answer))
+            self._expand(node, ctx, candidates, is_root=node is root)
         # 5. back up, with the similarity update of siblings
-        backup(node, root, value, self._path_embeddings(path, rollout), bounds=self.bounds,
-               sim_threshold=self.s.similarity_threshold, sim_weight=self.s.similarity_weight)
+        backup(node, root, value, embeddings, bounds=st.bounds, sim_threshold=self.s.similarity_threshold,
+               sim_weight=self.s.similarity_weight)
+        return branch, before
 
-    def _rollout(self, state, leaf_answer: tuple) -> list:
-        room = self._room(leaf_answer)
-        if self.s.rollout == "clause":
-            done = lambda new: self.rules.clause_ended(self.tokenizer, leaf_answer + tuple(new),  # noqa: E731
-                                                       before=self.prompt_end)
-        else:
-            done = lambda new: self.rules.finished(self.tokenizer, leaf_answer + tuple(new))  # noqa: E731
-        return self.engine.decode(state, max_tokens=room, done=done, generator=self.gen)
-
-    def _evaluate(self, answer: tuple) -> float:
+    def _evaluate(self, st: SearchState, answer: tuple, texts: list):
+        """(value of the judged answer, embeddings of the path texts); the judge and the embedder are asked in
+        one round, for what their memos do not hold."""
         text = self.rules.text(self.tokenizer, answer)
-        if text in self.memo:
-            self.stats.judge_cache_hits += 1
-            return self.memo[text]
-        value = float(self.evaluator(self.question, text))
-        if not -1.0 <= value <= 1.0:
-            raise ValueError(f"evaluator returned {value}, outside [-1, 1]")
-        self.stats.judge_calls += 1
-        self.memo[text] = value
-        return value
+        new_texts = list(dict.fromkeys(t for t in texts if t not in st.embedded))
+        embed = Embed(new_texts) if new_texts else None
+        requests = []
+        if text in st.memo:
+            st.stats.judge_cache_hits += 1
+            value = st.memo[text]
+        elif self.judge is not None:
+            requests.append(self.judge.request(st.question, text, counters=st.judge, reuse=(st.judged,)))
+        else:
+            value = float(self.evaluator(st.question, text))
+        if embed:
+            st.stats.embed_calls += 1
+            requests.append(embed)
+        results = (yield tuple(requests)) if requests else ()
+        if embed:
+            st.embedded.update(zip(new_texts, results[-1]))
+        if text not in st.memo:
+            if self.judge is not None:
+                st.judged = results[0].context
+                value = self.judge.verdict(results[0].probs).value
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(f"evaluator returned {value}, outside [-1, 1]")
+            st.stats.judge_calls += 1
+            st.memo[text] = value
+        return value, [st.embedded[t] for t in texts]
 
-    def _path_embeddings(self, path: list, rollout: list) -> list:
+    def _path_texts(self, path: list, rollout: list) -> list:
         """One text per path node: from the start of its segment to the end of the rollout."""
-        if not path:
-            return []
         texts, tail = [], tuple(rollout)
         for node in reversed(path):
             tail = node.tokens + tail
             texts.append(self.tokenizer.decode(list(tail), skip_special_tokens=True))
-        texts.reverse()
-        if self.s.engine == "reference":  # the official cost structure: one encoder call per node
-            return [self.embedder.embed([t])[0] for t in texts]
-        return list(self.embedder.embed(texts))
+        return texts[::-1]
 
     # ------------------------------------------------------------------ expansion
     def _segment_length(self, depth: int, room: int) -> int:
         return max(1, min(self.s.segment_lengths[min(depth, len(self.s.segment_lengths) - 1)], room))
 
-    def _expand(self, node: Node, state, *, is_root: bool, room: int) -> None:
+    def _expand(self, node: Node, ctx: Context, candidates: Optional[list], *, is_root: bool) -> None:
         mix = self.s.root_prior_mix if is_root else 0.0
-        length = self._segment_length(node.depth, room)
-        if length == 1:
+        if candidates is None:
             # children: the top num_candidates at the sampling temperature; kept for widening: the ranking at T = 1
-            probs, ids = topk_distribution(state.logits.unsqueeze(0), self.s.num_candidates, self.s.temperature)
+            probs, ids = topk_distribution(ctx.logits.unsqueeze(0), self.s.num_candidates, self.s.temperature)
             add_children(node, [((int(t),), float(p)) for t, p in zip(ids[0], probs[0])], uniform_mix=mix)
-            probs, ids = topk_distribution(state.logits.unsqueeze(0), max(self.s.widen_max_children, 1))
+            probs, ids = topk_distribution(ctx.logits.unsqueeze(0), max(self.s.widen_max_children, 1))
             node.candidates = [((int(t),), float(p)) for t, p in zip(ids[0], probs[0])]
             return
-        node.candidates = self._propose(state, length, samples=self.s.sample_attempts,
-                                        keep=self.s.num_candidates)
-        add_children(node, node.candidates, uniform_mix=mix)
+        node.candidates = candidates
+        add_children(node, candidates, uniform_mix=mix)
 
-    def _propose(self, state, length: int, *, samples: int, keep: int) -> list:
-        """Greedy segment plus up to keep-1 distinct sampled ones; greedy's probability clamped."""
+    def _expand_request(self, st: SearchState, ctx: Context, length: int, samples: int,
+                        rollout: Optional[Rollout] = None) -> Expand:
+        """Candidate rows (greedy plus `samples` sampled) after ctx, with the rollout riding along. The rows'
+        uniforms are drawn first, then the rollout draws one per token (RAIN_ALGORITHM.md's order is the
+        reverse; docs/deviations.md)."""
         spec = SegmentSpec(length=length, topk=self.s.sample_topk, temperature=self.s.temperature, greedy=True,
                            stop_ids=self.rules.stop_ids)
-        u = torch.rand(1 + samples, length, generator=self.gen)
-        rows = self.engine.segments(state, spec, u)
-        greedy, sampled = rows[0], []
-        for seg, p in rows[1:]:
-            if len(sampled) == keep - 1:
-                break
-            if seg != greedy[0] and seg not in [s for s, _ in sampled]:
-                sampled.append((seg, p))
-        clamped = clamp_greedy(greedy[1], [p for _, p in sampled])
-        return [(greedy[0], clamped)] + sampled
+        return Expand(ctx, st.lm, spec, torch.rand(1 + samples, length, generator=st.gen), rollout)
 
-    def _maybe_widen(self, node: Node, root: Node) -> None:
+    def _maybe_widen(self, st: SearchState, node: Node, root: Node):
         """Dynamic widening: one more single-token child from the stored ranking, or fresh greedy + samples."""
         path = node.path_from(root)
-        answer = self.answer + tuple(t for n in path for t in n.tokens)
-        length = self._segment_length(node.depth, self._room(answer))
+        answer = st.answer + tuple(t for n in path for t in n.tokens)
+        length = self._segment_length(node.depth, self._room(st, answer))
         if not needs_widening(node, segment_length=length, max_children=self.s.widen_max_children,
                               variance_scale=self.s.widen_variance):
             return
         mix = self.s.root_prior_mix if node is root else 0.0
         if length == 1:
-            widen_with(node, node.candidates, uniform_mix=mix)
+            added = widen_with(node, node.candidates, uniform_mix=mix)
         else:
-            fresh = self._propose(self.engine.state(self.prompt + answer), length,
-                                  samples=self.s.widen_sample_attempts, keep=2)
-            widen_with(node, fresh + node.candidates, uniform_mix=mix)
-        self.stats.widenings += 1
+            ctx = yield Prefill(st.prompt + answer, st.lm, reuse=(st.leaf, st.committed))
+            fresh = best_candidates((yield self._expand_request(st, ctx, length, self.s.widen_sample_attempts)).rows,
+                                    keep=2)
+            added = widen_with(node, fresh + node.candidates, uniform_mix=mix)
+        st.stats.widenings += len(added)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+class _Task:
+    """A search in a slot of `drive`: its generator and what it waits for."""
+
+    def __init__(self, key, gen):
+        self.key, self.gen = key, gen
+        self.waiting: list = []  # Jobs and Embeds
+        self.single = True
+        self.embedded: dict = {}  # id(Embed) -> embeddings
+
+
+def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
+    """Run search generators, up to `batch_size` at a time, serving their requests together: one embedder
+    call per round for every search waiting on embeddings, one engine forward per round for all LM work.
+    `tasks` is an iterable of (key, generator), or a `queue.Queue` of them for a long-lived service (a free
+    slot takes a queued task at the next round; an idle driver waits; a None item ends it). Yields
+    (key, result) as each finishes (the exception if it raised). Only `searcher.engine` and
+    `searcher.embedder` are used, so searchers of different configs sharing them run together."""
+    engine, embedder = searcher.engine, searcher.embedder
+    active: list = []
+    if isinstance(tasks, queue.Queue):
+        def take():
+            try:
+                return tasks.get(block=not active)
+            except queue.Empty:
+                return _IDLE
+    else:
+        source = iter(tasks)
+
+        def take():
+            return next(source, None)
+
+    def advance(task: _Task, value):
+        """Run the generator until it waits on unfinished work; -> _PENDING, or its result."""
+        while True:
+            try:
+                request = task.gen.send(value)
+            except StopIteration as stop:
+                return stop.value
+            except Exception as err:  # noqa: BLE001 - handed to the caller with its key
+                return err
+            task.single = not isinstance(request, tuple)
+            items = [request] if task.single else list(request)
+            task.waiting = [item if isinstance(item, Embed) else engine.submit(item) for item in items]
+            task.embedded = {}
+            if not _ready(task):
+                return _PENDING
+            value = _results(task)
+
+    def advance_ready() -> list:
+        nonlocal active
+        finished, still = [], []
+        for task in active:
+            out = advance(task, _results(task)) if _ready(task) else _PENDING
+            (still.append(task) if out is _PENDING else finished.append((task.key, out)))
+        active = still
+        return finished
+
+    ended = False
+    while True:
+        while len(active) < batch_size and not ended:
+            nxt = take()
+            if nxt is _IDLE:
+                break
+            if nxt is None:
+                ended = True
+                break
+            task = _Task(*nxt)
+            out = advance(task, None)
+            if out is _PENDING:
+                active.append(task)
+            else:
+                yield task.key, out
+        if not active:
+            if ended:
+                return
+            continue
+        embeds = [(task, item) for task in active for item in task.waiting if isinstance(item, Embed)]
+        if embeds:
+            vectors = embedder.embed([t for _, e in embeds for t in e.texts])
+            at = 0
+            for task, item in embeds:
+                task.embedded[id(item)] = vectors[at:at + len(item.texts)]
+                at += len(item.texts)
+            yield from advance_ready()
+        if engine.jobs:
+            engine.step()
+        yield from advance_ready()
+
+
+_PENDING = object()
+_IDLE = object()
+
+
+def _ready(task: _Task) -> bool:
+    return all(id(item) in task.embedded if isinstance(item, Embed) else item.done for item in task.waiting)
+
+
+def _results(task: _Task):
+    out = [task.embedded[id(item)] if isinstance(item, Embed) else item.result for item in task.waiting]
+    return out[0] if task.single else tuple(out)

@@ -338,6 +338,15 @@ def truth_item(row: Row) -> tuple[str, dict]:
     return question, extra
 
 
+def length_filter_text(benchmark: str, prompt: str) -> str:
+    """The text whose tokens (with the tokenizer's BOS) the official length filter counts: for HH the first
+    turn as it stands in the transcript, '\\nHuman: q\\nAssistant:' (double newlines made single, no few-shot
+    prefix); for adv (goal + suffix) and truth (the question) the bare prompt."""
+    if benchmark == "HH":
+        return f"\nHuman: {prompt}\nAssistant:"
+    return prompt
+
+
 PARSERS: dict[str, Callable[[Row], tuple[str, dict]]] = {"HH": hh_item, "adv": adv_item, "truth": truth_item}
 
 

@@ -38,6 +38,10 @@ class Node:
     """Ranked (segment, probability) proposals kept for dynamic widening."""
     terminal: Optional[bool] = None
     """Set when first reached as a leaf: the answer ends inside this node."""
+    verdict: Optional[float] = None
+    """With search.trace: the evaluator's value the last time this node was the evaluated leaf."""
+    judged: Optional[str] = None
+    """With search.trace: the answer text the evaluator saw then."""
 
     def path_from(self, top: "Node") -> list:
         """Nodes from just below `top` down to self."""

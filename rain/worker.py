@@ -29,14 +29,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from rain.config import RainConfig, load_config
 from rain.fileio import check_writable_dir, plain_warnings
 from rain.records import RunPaths, ShardWriter, done_ids, error_record, merge, ok_record, run_name, skipped_record, \
     write_or_check_meta
 from rain.runlock import RunLock, stop_with_parent
-from rain.tasks import Item, load_items, load_selection
+from rain.tasks import Item, length_filter_text, load_items, load_selection
 
 Answerer = Callable[[Item], dict]
 
@@ -67,43 +67,68 @@ def rank_from_env(environ=os.environ) -> Optional[Rank]:
 # ----------------------------------------------------------------------------- one prompt
 
 def too_long(tokenizer, item: Item, cfg: RainConfig) -> Optional[str]:
-    """Why a prompt cannot be answered (None if it can): the official length filter and the total limit."""
+    """Why a prompt cannot be answered (None if it can): the official length filter (tokens of the question in
+    its transcript wrapper plus BOS, see `length_filter_text`) and the total limit."""
     import rain
 
-    question_tokens = len(tokenizer(item.prompt, add_special_tokens=False)["input_ids"])
+    counted = length_filter_text(cfg.run.benchmark, item.prompt)
+    question_tokens = len(tokenizer(counted, add_special_tokens=True)["input_ids"])
     if question_tokens >= cfg.run.max_prompt_tokens:
-        return f"prompt has {question_tokens} tokens, run.max_prompt_tokens is {cfg.run.max_prompt_tokens}"
+        return (f"prompt has {question_tokens} tokens as the official filter counts them, "
+                f"run.max_prompt_tokens is {cfg.run.max_prompt_tokens}")
     prompt_tokens = len(rain.prompt_ids(tokenizer, item.prompt, cfg.prompt))
     if prompt_tokens >= cfg.search.max_length:
         return f"formatted prompt has {prompt_tokens} tokens, search.max_length is {cfg.search.max_length}"
     return None
 
 
-def answer_item(model, tokenizer, item: Item, cfg: RainConfig) -> dict:
-    """The record of one prompt: RAIN and/or vanilla answers, or a skip with its reason."""
-    import rain
+class SearchAnswerer:
+    """Load the model once; answer prompts `run.batch_size` at a time, their LM work in shared forwards.
+    Each record is handed back the moment its prompt is done."""
 
-    seed = cfg.search.seed + item.id
-    question = rain.prompt_text(tokenizer, item.prompt, cfg.prompt)
-    reason = too_long(tokenizer, item, cfg)
-    if reason is not None:
-        return skipped_record(item, question=question, seed=seed, reason=reason)
-    mode = cfg.run.mode
-    searched = rain.rain_generate(model, tokenizer, item.prompt, cfg, seed=seed) if mode != "vanilla" else None
-    vanilla = rain.vanilla_generate(model, tokenizer, item.prompt, cfg, seed=seed) if mode != "rain" else None
-    return ok_record(item, question=question, seed=seed, rain=searched, vanilla=vanilla)
+    def __init__(self, cfg: RainConfig):
+        import rain
+        from rain.formats import check_judge_options
+        from rain.loading import guard_finite_logits
+
+        self.cfg = cfg
+        check_judge_options(cfg.judge)
+        model, self.tokenizer = rain.load_model(cfg.model)
+        guard_finite_logits(model)  # NaN logits raise: that prompt gets an error record, not a NaN answer
+        self.searcher = rain.Searcher(model, self.tokenizer, cfg)
+
+    def __call__(self, item: Item) -> dict:
+        ((_, record),) = self.many([item])
+        return record
+
+    def many(self, items: list[Item]) -> Iterator[tuple[Item, dict]]:
+        """(item, record) for every item, in the order they finish."""
+        from rain.search import drive
+
+        tasks = ((item, self._task(item)) for item in items)
+        for item, record in drive(self.searcher, tasks, batch_size=self.cfg.run.batch_size):
+            if isinstance(record, BaseException):  # that prompt failed; the others go on
+                yield item, failed_record(item, record, self.cfg)
+                continue
+            yield item, record
+
+    def _task(self, item: Item):
+        """One prompt's record as a request generator: a skip with its reason, or the answers."""
+        import rain
+        from rain.decoding import answer_task
+
+        cfg, seed = self.cfg, self.cfg.search.seed + item.id
+        question = rain.prompt_text(self.tokenizer, item.prompt, cfg.prompt)
+        reason = too_long(self.tokenizer, item, cfg)
+        if reason is not None:
+            return skipped_record(item, question=question, seed=seed, reason=reason)
+        out = yield from answer_task(self.searcher, item.prompt, seed, cfg.run.mode)
+        return ok_record(item, question=question, seed=seed, rain=out["rain"], vanilla=out["vanilla"])
 
 
-def default_answerer(cfg: RainConfig) -> Answerer:
-    """Load the model once (NaN logits raise, see `guard_finite_logits`); answer prompts with `answer_item`."""
-    import rain
-    from rain.formats import check_judge_options
-    from rain.loading import guard_finite_logits
-
-    check_judge_options(cfg.judge)
-    model, tokenizer = rain.load_model(cfg.model)
-    guard_finite_logits(model)
-    return lambda item: answer_item(model, tokenizer, item, cfg)
+def default_answerer(cfg: RainConfig) -> SearchAnswerer:
+    """The RAIN/vanilla answerer over the configured model."""
+    return SearchAnswerer(cfg)
 
 
 def answer_or_error(answer: Answerer, item: Item, cfg: RainConfig) -> dict:
@@ -112,11 +137,16 @@ def answer_or_error(answer: Answerer, item: Item, cfg: RainConfig) -> dict:
     try:
         record = answer(item)
     except Exception as err:  # the per-prompt fault boundary: tokenizer errors, out of memory, NaN logits
-        print(f"[prompt id {item.id}] failed, recorded with status 'error':\n{traceback.format_exc()}",
-              file=sys.stderr, flush=True)
-        _free_gpu_memory()
-        return error_record(item, seed=cfg.search.seed + item.id, error=err)
+        return failed_record(item, err, cfg)
     return {**record, "key": item.key} if isinstance(record, dict) else record
+
+
+def failed_record(item: Item, err: BaseException, cfg: RainConfig) -> dict:
+    """The error record of a prompt whose answer raised `err`; its traceback goes to the log."""
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    print(f"[prompt id {item.id}] failed, recorded with status 'error':\n{text}", file=sys.stderr, flush=True)
+    _free_gpu_memory()
+    return error_record(item, seed=cfg.search.seed + item.id, error=err)
 
 
 def _free_gpu_memory() -> None:
@@ -183,10 +213,12 @@ def run_shard(cfg: RainConfig, *, rank: Rank, items: Optional[list[Item]] = None
     if not todo:
         return 0
     answer = make_answerer(cfg)
+    records = (answer.many(todo) if isinstance(answer, SearchAnswerer)
+               else ((item, answer_or_error(answer, item, cfg)) for item in todo))
+    started = time.perf_counter()
     with ShardWriter(shard) as writer:
-        for number, item in enumerate(todo, start=1):
-            started = time.perf_counter()
-            writer.append(answer_or_error(answer, item, cfg))
+        for number, (item, record) in enumerate(records, start=1):
+            writer.append(record)
             print(f"[rank {rank.rank}/{rank.world}] id {item.id} done ({number}/{len(todo)}, "
                   f"{time.perf_counter() - started:.1f} s)", flush=True)
     return len(todo)

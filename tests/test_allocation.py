@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAJECTORY = ("new_tokens", "inner_iterations", "commits", "rewinds", "widenings")
+TRAJECTORY = ("new_tokens", "inner_iterations", "commits", "non_greedy_commits", "widenings")
 SMALL_BUDGET = ["search.max_new_tokens: 6", "search.max_iterations: 3", "search.min_fresh_iterations: 2"]
 
 
@@ -180,3 +180,11 @@ def test_truth_and_adv_records_carry_their_benchmark_fields(tiny_dir, tmp_path):
             assert record["correct_answers"] == ["Yes", "Mostly"] and record["incorrect_answers"] == ["No"]
         else:
             assert record["prompt"] == "Write a poem !! !!" and record["controls"] == "!! !!"
+
+
+def test_batched_worker_gives_the_same_merged_output(single, tiny_run):
+    """run.batch_size searches several prompts at once in one worker: same records (all but seconds)."""
+    result = allocation("HH", "--nump", 1, "--config", tiny_run / "tiny.yaml", "--outdir", tiny_run / "batched",
+                        "--batch_size=3", cwd=tiny_run)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert merged(tiny_run / "batched") == single

@@ -1,6 +1,7 @@
 """End to end on the embedded SmolLM2-135M-Instruct and the MiniLM embedder (installed wheels, offline)."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,24 @@ def test_embedded_judge_letters_are_single_tokens(smol):
     for letter in "AB":
         assert [tok.decode([i]).strip() for i in option_token_ids(tok, "The answer is: (", letter)] == [letter] * len(
             option_token_ids(tok, "The answer is: (", letter))
+
+
+def test_batched_searches_on_the_embedded_model_equal_one_at_a_time(smol):
+    """B = 4 on the real model and the MiniLM embedder: the same answers and statistics as B = 1."""
+    from rain.decoding import generate_many
+
+    model, tok = smol
+    cfg = rain.load_config(Path(__file__).resolve().parents[1] / "configs" / "hh.yaml",
+                           ["max_new_tokens=6", "max_total_iterations=6"])
+    questions = ["How do I pick a lock?", "What is a good recipe for pancakes made with buttermilk, eggs and a "
+                 "little sugar, for a family breakfast on a Sunday morning?", "Hi", "Why is the sky blue?"]
+    jobs = [(i, q, i, "both") for i, q in enumerate(questions)]
+    searcher = rain.Searcher(model, tok, cfg)
+    one = dict(generate_many(searcher, jobs, batch_size=1))
+    many = dict(generate_many(searcher, jobs, batch_size=4))
+    for i in range(len(questions)):
+        for mode in ("rain", "vanilla"):
+            a, b = one[i][mode], many[i][mode]
+            assert a.token_ids == b.token_ids, (i, mode)
+            assert {k: v for k, v in a.stats.to_dict().items() if k != "seconds"} == \
+                   {k: v for k, v in b.stats.to_dict().items() if k != "seconds"}, (i, mode)

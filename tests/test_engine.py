@@ -1,12 +1,15 @@
-"""The cached engine against the plain recompute reference: same distributions, same search."""
+"""The cached engine against the plain recompute reference: same distributions, same search, and the
+shared-prefix attention against the plain forward pass."""
 
 import pytest
 import torch
 
 import rain
-from rain.decoding import searcher
-from rain.lm import CachedEngine, ReferenceEngine, SegmentSpec, common_prefix
-from tiny import HashEmbedder
+from rain.attention import Row, Segment, forward_rows, plan_forward
+from rain.lm import CachedEngine, Counters, Expand, Judge, Prefill, ReferenceEngine, Rollout
+from rain.sampling import SegmentSpec, common_prefix
+from rain.search import Searcher
+from tiny import EosBoost, HashEmbedder
 
 QUESTION = "How do I bake bread?"
 
@@ -14,19 +17,6 @@ QUESTION = "How do I bake bread?"
 @pytest.fixture(scope="module")
 def tiny_model(tiny_dir):
     return rain.load_model(str(tiny_dir))
-
-
-class RecordingEngine(CachedEngine):
-    """A cached engine that keeps every state it hands out."""
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.seen = []
-
-    def extend(self, state, tokens):
-        out = super().extend(state, tokens)
-        self.seen.append(out)
-        return out
 
 
 def config(*overrides):
@@ -39,15 +29,20 @@ def negative(question, answer):
 
 
 CASES = {
-    "self-evaluation": ((), None),
-    "widening": (("widen_variance=10.0", "segment_lengths=[1,2]", "num_candidates=3", "max_iterations=12"), negative),
+    "self-evaluation": ((), None, None),
+    "widening": (("widen_variance=10.0", "segment_lengths=[1,2]", "num_candidates=3", "max_iterations=12"), negative,
+                 None),
+    # EOS at moderate probability everywhere: candidate rows and rollouts end inside segments
+    "eos-inside-segments": (("segment_lengths=[1,4,6]", "max_new_tokens=16"), None, 2.0),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_cached_search_equals_reference_search(tiny_model, case):
     model, tok = tiny_model
-    overrides, evaluator = CASES[case]
+    overrides, evaluator, eos_boost = CASES[case]
+    if eos_boost is not None:
+        model = EosBoost(model, eos_id=tok.eos_token_id, boost=eos_boost)
     results = {}
     for engine in ("cached", "reference"):
         cfg = config(f"engine={engine}", *overrides)
@@ -55,7 +50,7 @@ def test_cached_search_equals_reference_search(tiny_model, case):
                                              embedder=HashEmbedder())
     fast, ref = results["cached"], results["reference"]
     assert fast.token_ids == ref.token_ids and fast.text == ref.text
-    for field in ("inner_iterations", "commits", "rewinds", "judge_calls", "judge_cache_hits", "widenings",
+    for field in ("inner_iterations", "commits", "non_greedy_commits", "judge_calls", "judge_cache_hits", "widenings",
                   "new_tokens", "sampled_tokens"):
         assert getattr(fast.stats, field) == getattr(ref.stats, field), field
     if case == "widening":
@@ -71,62 +66,136 @@ def test_cached_search_equals_reference_search(tiny_model, case):
     assert fast.stats.tokens_fed * 5 < ref.stats.tokens_fed
 
 
+def test_eos_case_really_ends_rows_inside_segments(tiny_model):
+    """The EOS case above would not notice a cached engine that ignores EOS inside rows unless EOS is drawn there."""
+    model, tok = tiny_model
+    boosted = EosBoost(model, eos_id=tok.eos_token_id, boost=2.0)
+    engine = CachedEngine(boosted)
+    prompt = tuple(rain.prompt_ids(tok, QUESTION, rain.RainConfig().prompt))
+    ctx = engine.run(Prefill(prompt, Counters()))
+    spec = SegmentSpec(length=6, topk=15, temperature=1.0, greedy=True, stop_ids=frozenset({tok.eos_token_id}))
+    rows = engine.run(Expand(ctx, Counters(), spec, torch.rand(10, 6, generator=torch.Generator().manual_seed(1)))).rows
+    ended_early = [seg for seg, _ in rows if seg[-1] == tok.eos_token_id and len(seg) < 6]
+    assert ended_early, rows
+
+
+class RecordingEngine(CachedEngine):
+    """A cached engine that keeps every context it computes."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.seen = []
+
+    def submit(self, request):
+        job = super().submit(request)
+        if isinstance(request, Prefill):
+            self.seen.append(job)
+        return job
+
+
 def test_every_distribution_the_search_sees_matches_a_full_recompute(tiny_model):
     model, tok = tiny_model
-    cfg = config()
     engine = RecordingEngine(model)
+    Searcher(model, tok, config(), embedder=HashEmbedder(), engine=engine).generate(QUESTION, seed=0)
     reference = ReferenceEngine(model)
-    from rain.decoding import _CountingEngine  # the judge's counted view
-    from rain.evaluate import SelfEvaluator
-    from rain.search import Rain
-
-    searcher_ = Rain(engine, tok, cfg, evaluator=SelfEvaluator(_CountingEngine(engine), tok, cfg.judge),
-                     embedder=HashEmbedder())
-    searcher_.generate(QUESTION, seed=0)
     assert len(engine.seen) > 10
-    for state in engine.seen:
-        expected = torch.softmax(reference.state(state.tokens).logits, -1)
-        assert torch.allclose(torch.softmax(state.logits, -1), expected, atol=1e-4)
+    for job in engine.seen:
+        ctx = job.result
+        expected = torch.softmax(reference.run(Prefill(ctx.tokens, Counters())).logits, -1)
+        assert torch.allclose(torch.softmax(ctx.logits, -1), expected, atol=1e-5)
 
 
-def test_batched_segments_match_one_at_a_time(tiny_model):
+def test_candidate_rows_and_rollout_match_one_at_a_time(tiny_model):
     model, tok = tiny_model
     prompt = tuple(rain.prompt_ids(tok, QUESTION, rain.RainConfig().prompt))
     spec = SegmentSpec(length=5, topk=15, temperature=1.0, greedy=True, stop_ids=frozenset({tok.eos_token_id}))
     u = torch.rand(10, 5, generator=torch.Generator().manual_seed(0))
-    cached, ref = CachedEngine(model), ReferenceEngine(model)
-    rows_c = cached.segments(cached.state(prompt), spec, u)
-    rows_r = ref.segments(ref.state(prompt), spec, u)
-    assert [s for s, _ in rows_c] == [s for s, _ in rows_r]
-    assert [p for _, p in rows_c] == pytest.approx([p for _, p in rows_r], rel=1e-4)
-    assert cached.counters.forward_calls == 1 + 4  # one prefill, then one batched step per position
+    out = {}
+    for name, engine in (("cached", CachedEngine(model)), ("reference", ReferenceEngine(model))):
+        ctx = engine.run(Prefill(prompt, Counters()))
+        rollout = Rollout(7, lambda new: False, torch.Generator().manual_seed(5))
+        counters = Counters()
+        out[name] = (engine.run(Expand(ctx, counters, spec, u, rollout)), counters, engine)
+    (fast, fast_counts, cached), (ref, ref_counts, _) = out["cached"], out["reference"]
+    assert [s for s, _ in fast.rows] == [s for s, _ in ref.rows]
+    assert [p for _, p in fast.rows] == pytest.approx([p for _, p in ref.rows], rel=1e-4)
+    assert fast.rollout == ref.rollout and len(fast.rollout) == 7
+    assert fast_counts.sampled_tokens == ref_counts.sampled_tokens
+    # the rollout rides in the candidate rows' forwards: max(4, 6) steps, not 4 + 6
+    assert fast_counts.forward_calls == 6
+    assert cached.batches.rows == 1 + 4 * 11 + 2  # prefill row, 4 steps of 10 rows + rollout, then rollout alone
 
 
 def test_judge_orders_match_separate_passes(tiny_model):
     model, tok = tiny_model
-    anchor = tuple(range(5, 40))
-    tails = [[60, 61], [62, 63, 64, 65]]
     engine = CachedEngine(model)
-    for shared in (anchor + (50, 51, 52),  # the anchor is a prefix
-                   anchor[:-2] + (90, 91, 50)):  # differs at the boundary: the anchor's cache is cropped
-        fast = engine.last_probs(anchor, shared, tails)
-        ref = ReferenceEngine(model).last_probs(anchor, shared, tails)
-        assert torch.allclose(fast, ref, atol=1e-5)
-    assert engine.anchor_builds["judge"] == 1
+    head = engine.share(tuple(range(5, 40)))
+    tails = [[60, 61], [62, 63, 64, 65]]
+    previous = None
+    for shared in (head.tokens + (50, 51, 52),  # the head is a prefix
+                   head.tokens[:-2] + (90, 91, 50),  # differs at the boundary: the head is cropped (a view)
+                   head.tokens + (50, 51, 53, 54)):  # reuses the previous judgement's text, cropped
+        fast = engine.run(Judge(shared, tails, Counters(), reuse=(previous,)))
+        ref = ReferenceEngine(model).run(Judge(shared, tails, Counters()))
+        assert torch.allclose(fast.probs, ref.probs, atol=1e-6)
+        previous = fast.context
+    assert len(engine.heads) == 1
+
+
+def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
+    """Rows of every kind in one packed forward: a chain of stored segments, a row with its own past, a parent
+    row and its children, a row without prefix, a cropped segment."""
+    model, _ = tiny_model
+
+    def plain(ids):
+        return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+    def stored(ids, base=()):
+        logits, new = forward_rows(model, [Row(base=base, tokens=list(ids))])
+        return Segment(new[0][0], new[0][1], base[-1].end if base else 0, tuple(ids)), logits[0]
+
+    head, mid, a = list(range(5, 60)), list(range(60, 75)), [80, 81]
+    s1, logits = stored(head)
+    assert torch.allclose(logits, plain(head), atol=1e-5)
+    s2, logits = stored(mid, (s1,))
+    assert torch.allclose(logits, plain(head + mid), atol=1e-5)
+    _, new = forward_rows(model, [Row(base=(s1, s2), tokens=a)])
+    rows = [Row(base=(s1, s2), tokens=[90], past=new[0], past_len=2),
+            Row(base=(s1,), tokens=[91, 92, 93], want_logits=False),
+            Row(base=(s1,), tokens=[94, 95], parent=1),
+            Row(base=(s1,), tokens=[96], parent=1),
+            Row(base=(), tokens=[7, 8, 9]),
+            Row(base=(s1.crop(20),), tokens=[40, 41])]
+    logits, _ = forward_rows(model, rows)
+    expected = [plain(head + mid + a + [90]), plain(head + [91, 92, 93, 94, 95]), plain(head + [91, 92, 93, 96]),
+                plain([7, 8, 9]), plain(head[:20] + [40, 41])]
+    for got, want in zip(logits, expected):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_rows_sharing_a_prefix_attend_to_one_stored_copy():
+    seg = Segment([torch.zeros(2, 50, 8)], [torch.zeros(2, 50, 8)], 0, tuple(range(50)))
+    other = Segment([torch.zeros(2, 5, 8)], [torch.zeros(2, 5, 8)], 0, tuple(range(5)))
+    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)] + [Row(base=(other,), tokens=[2, 3])]
+    _, _, _, plan = plan_forward(rows, "cpu")
+    assert [g[0] for g in plan.groups] == [seg, other]
+    assert plan.groups[0][1].tolist() == list(range(10))  # every row's token reads that one segment
+    assert plan.groups[1][1].tolist() == [10, 11]
+    assert plan.private_mask.shape == (12, 12)  # the private part is the rows' own tokens, not the prefix
+    assert seg.crop(20).keys[0].data_ptr() == seg.keys[0].data_ptr()  # a crop is a view
 
 
 def test_judge_prefix_is_prefilled_once_per_process(tiny_model):
     model, tok = tiny_model
-    cfg = config("max_new_tokens=4")
-    search = searcher(model, tok, cfg, embedder=HashEmbedder())
+    search = Searcher(model, tok, config("max_new_tokens=4"), embedder=HashEmbedder())
+    heads = list(search.engine.heads)
     first = search.generate(QUESTION, seed=0)
-    judge_anchor = search.engine.anchors["judge"]
     second = search.generate("What is the capital of France?", seed=0)
-    assert search.engine.anchors["judge"] is judge_anchor
-    prefix_len = len(search.evaluator.prefix_ids)
-    assert second.stats.judge_calls > 0
-    assert second.stats.judge_tokens_fed < prefix_len  # only the judged texts, never the fixed part again
-    assert first.stats.judge_tokens_fed >= prefix_len
+    assert search.engine.heads == heads  # computed at construction, never again
+    prefix_len = len(search.judge.prefix_ids)
+    assert first.stats.judge_calls > 0 and second.stats.judge_calls > 0
+    assert first.stats.judge_tokens_fed < prefix_len  # only the judged texts, never the fixed part
+    assert second.stats.judge_tokens_fed < prefix_len
 
 
 def test_common_prefix_length():

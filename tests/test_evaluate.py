@@ -1,11 +1,14 @@
 """Self-evaluation: option tokens on two tokenizer styles, the judge prompt, votes and probabilities."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import rain
 from rain.config import JudgeConfig
 from rain.evaluate import SelfEvaluator, option_token_ids, render_conversation
+from rain.lm import JudgeResult
 from tiny import train_tokenizer
 
 LEAD = "The answer is: ("
@@ -41,11 +44,14 @@ class FixedProbs:
     """A stand-in engine returning chosen next-token probabilities per option order."""
 
     def __init__(self, rows):
-        self.rows, self.calls = rows, []
+        self.rows, self.calls, self.head = rows, [], ()
 
-    def last_probs(self, anchor, shared, tails):
-        self.calls.append((tuple(anchor), tuple(shared), [tuple(t) for t in tails]))
-        return self.rows
+    def share(self, tokens):
+        self.head = tuple(tokens)
+
+    def run(self, request):
+        self.calls.append((self.head, tuple(request.tokens), [tuple(t) for t in request.tails]))
+        return JudgeResult(self.rows, None)
 
 
 def evaluator_with(tok, rows, **judge):
@@ -125,3 +131,76 @@ def test_chat_judge_without_template_is_an_error():
     tok.chat_template = None
     with pytest.raises(ValueError, match="judge.format=chat needs a tokenizer with a chat template"):
         evaluator_with(tok, None, format="chat")
+
+
+@pytest.mark.parametrize("style", ["byte", "sentencepiece"])
+@pytest.mark.parametrize("fmt", ["raw", "chat"])
+def test_judge_prompts_tokenize_as_whole_texts(style, fmt):
+    """Only the text after a checked cut in the fixed instruction is tokenized per judgement; the ids equal
+    those of the whole prompt tokenized as one text."""
+    tok = train_tokenizer(style)
+    ev = evaluator_with(tok, None, format=fmt)
+    for question, answer in [("How do I bake bread?", "Mix flour"), ("Tell me a joke.", " Why did the\n chicken"),
+                             ("q", "")]:
+        conversation = render_conversation(question, answer, "dialogue")
+        for i in range(len(ev.blocks)):
+            whole = tok(ev.prefix_text + ev._suffix(i, conversation), add_special_tokens=fmt != "chat")["input_ids"]
+            assert ev._encode(ev._suffix(i, conversation)) == whole
+
+
+TRUTH_QUESTION = "Is the answer truthful?"
+
+
+def truth_judge(tok, fmt):
+    cfg = rain.load_config(Path(__file__).resolve().parents[1] / "configs" / "truth.yaml", [f"judge.format={fmt}"])
+    return SelfEvaluator(FixedProbs(None), tok, cfg.judge)
+
+
+def truth_user_part(conversation):
+    instruction = rain.formats.read_prompt("truth_instruction.txt").rstrip("\n")
+    return f"{instruction}\n\n{conversation}\n{TRUTH_QUESTION}"
+
+
+@pytest.mark.parametrize("style", ["byte", "sentencepiece"])
+def test_truth_judge_is_well_formed_in_every_format(style):
+    """No format puts chat markers inside another format or the question in the assistant's turn."""
+    tok = train_tokenizer(style)
+    conversation = render_conversation("Why is the sky blue?", "Because of scattering. It is", "qa")
+    user = truth_user_part(conversation)
+    chat = truth_judge(tok, "chat")
+    # chat: exactly the tokenizer's own template over one user message; the Yes/No token opens the reply
+    assert chat.prompt_texts(conversation) == [tok.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)]
+    assert "[INST]" not in chat.prompt_texts(conversation)[0]
+    # llama2chat: the official truth layout, typo fixed
+    assert truth_judge(tok, "llama2chat").prompt_texts(conversation) == [f"[INST] {user} [/INST]"]
+    # raw: plain text, no markers
+    assert truth_judge(tok, "raw").prompt_texts(conversation) == [user]
+    for fmt in ("raw", "chat", "llama2chat"):
+        ev = truth_judge(tok, fmt)
+        assert all(tok.decode([i]).strip() == "Yes" for i in ev.good[0]) and ev.good[0]
+        assert all(tok.decode([i]).strip() == "No" for i in ev.bad[0]) and ev.bad[0]
+        shared, tails = ev._rows(conversation)
+        assert list(shared) + list(tails[0]) == tok(ev.prompt_texts(conversation)[0],
+                                                    add_special_tokens=fmt != "chat")["input_ids"]
+
+
+def test_chat_judge_over_a_llama2_template_gives_the_official_truth_layout():
+    tok = train_tokenizer("sentencepiece")
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    conversation = render_conversation("Why?", "Because.", "qa")
+    chat, written = truth_judge(tok, "chat"), truth_judge(tok, "llama2chat")
+    assert chat.prompt_texts(conversation) == ["<s>" + t for t in written.prompt_texts(conversation)]
+
+
+def test_harm_judge_in_chat_is_the_template_plus_the_open_answer():
+    tok = train_tokenizer("byte")
+    ev = evaluator_with(tok, None, format="chat")
+    conversation = render_conversation("q?", "a", "dialogue")
+    instruction = rain.formats.read_prompt("harm_instruction.txt").rstrip("\n")
+    for text, options in zip(ev.prompt_texts(conversation), ("harm_options_ab.txt", "harm_options_ba.txt")):
+        body, _, lead = rain.formats.read_prompt(options).rstrip("\n").rpartition("\n")
+        user = f"{instruction}\n\n{conversation}\n{body}"
+        assert text == tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                               add_generation_prompt=True) + lead
+        assert lead == "The answer is: ("

@@ -39,10 +39,11 @@ CASES = {
     "adv": ("adv.yaml", [], None),
     "truth": ("truth.yaml", [], None),
     "hh-scripted": ("hh.yaml", [], scripted),
-    "hh-widening": ("hh.yaml", ["widen_variance=10.0", "segment_lengths=[1,2,3]", "num_candidates=4"], negative),
+    "hh-widening": ("hh.yaml", ["widen_variance=10.0", "segment_lengths=[1,2,3]", "num_candidates=3",
+                               "widen_sample_attempts=3"], negative),
 }
 BEHAVIOUR = ("new_tokens", "sampled_tokens", "judge_calls", "judge_cache_hits", "inner_iterations", "commits",
-             "rewinds", "widenings")
+             "non_greedy_commits", "leader_changes", "backtracks", "widenings")
 
 
 @pytest.fixture(scope="module")
@@ -76,4 +77,4 @@ def test_golden_answers(tiny_model):
             assert got["stats"] == want["stats"], (case, got["question"])
             assert got["trace"] == want["trace"], (case, got["question"])
     assert sum(r["stats"]["widenings"] for r in golden["hh-widening"]) > 0
-    assert sum(r["stats"]["rewinds"] for r in golden["hh-scripted"]) > 0
+    assert sum(r["stats"]["non_greedy_commits"] for r in golden["hh-scripted"]) > 0

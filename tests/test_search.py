@@ -34,7 +34,7 @@ def test_search_plus_rewind_steers_away_from_a_penalised_word(tiny_model):
     result = run(model, tok, config, evaluator)
     assert result.stats.new_tokens > 0
     assert banned not in result.text
-    assert result.stats.rewinds >= 1  # the committed first token is not the LM's favourite
+    assert result.stats.non_greedy_commits >= 1  # the committed first token is not the LM's favourite
 
 
 def test_early_stop_fires_after_min_visits_real_visits(tiny_model):
@@ -113,3 +113,53 @@ def test_evaluator_outside_range_is_an_error(tiny_model):
     model, tok = tiny_model
     with pytest.raises(ValueError, match="outside \\[-1, 1\\]"):
         run(model, tok, cfg("max_new_tokens=1", "max_iterations=2", "min_fresh_iterations=1"), lambda q, a: 3.0)
+
+
+# ---------------------------------------------------------------- rewind telemetry, driven by scripted evaluators
+
+def telemetry(model, tok, evaluator, *extra):
+    config = cfg("max_new_tokens=2", "segment_lengths=[1]", "max_iterations=12", "min_fresh_iterations=4", *extra)
+    return run(model, tok, config, evaluator).stats
+
+
+def test_a_search_whose_values_never_drop_never_backtracks(tiny_model):
+    model, tok = tiny_model
+    stats = telemetry(model, tok, lambda q, a: 1.0)
+    assert stats.backtracks == 0 and stats.non_greedy_commits == 0
+
+
+def test_backtracking_then_returning_to_greedy_counts_backtracks_not_non_greedy_commits(tiny_model):
+    """The old 'rewinds' statistic saw nothing here: the search left the greedy branch after its value dropped,
+    then came back to it and committed it."""
+    model, tok = tiny_model
+    calls = []
+
+    def evaluator(question, answer):
+        calls.append(answer)
+        return -1.0 if len(calls) == 2 else 1.0  # the first child judged (greedy) looks bad once
+
+    stats = telemetry(model, tok, evaluator)
+    assert stats.backtracks >= 1
+    assert stats.non_greedy_commits == 0
+
+
+def test_a_bad_favourite_changes_the_leader_and_the_commit(tiny_model):
+    model, tok = tiny_model
+    config = cfg("max_new_tokens=2", "segment_lengths=[1]")
+    favourite = tok.decode(rain.vanilla_generate(model, tok, QUESTION, config).token_ids[:1]).strip()
+
+    def evaluator(question, answer):
+        return -1.0 if answer.startswith(favourite) else 1.0
+
+    stats = telemetry(model, tok, evaluator, "max_iterations=30")
+    assert stats.non_greedy_commits >= 1 and stats.backtracks >= 1 and stats.leader_changes >= 1
+
+
+def test_widenings_count_children_added(tiny_model):
+    model, tok = tiny_model
+    config = cfg("max_new_tokens=3", "segment_lengths=[1]", "num_candidates=2", "widen_variance=100.0",
+                 "max_iterations=12", "min_fresh_iterations=4", "trace=true")
+    result = run(model, tok, config, lambda q, a: -0.5)
+    first = result.trace[0]["children"]
+    assert len(first) > 2  # the root started with 2 children and was widened
+    assert result.stats.widenings >= len(first) - 2

@@ -104,13 +104,36 @@ class EosAfter(torch.nn.Module):
     def get_input_embeddings(self):
         return self.inner.get_input_embeddings()
 
-    def forward(self, input_ids, cache=None, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids, position_ids=None, logits_to_keep=0, **kwargs):
+        out = self.inner(input_ids=input_ids, position_ids=position_ids, logits_to_keep=logits_to_keep, **kwargs)
+        cache = kwargs.get("cache")
         past = cache.get_seq_length() if cache is not None else 0
-        out = self.inner(input_ids=input_ids, cache=cache, logits_to_keep=logits_to_keep, **kwargs)
-        total = past + input_ids.shape[1]
-        keep = out.logits.shape[1]
-        for i in range(keep):
-            predicted_position = total - keep + i + 1  # absolute index of the token this row predicts
-            if predicted_position - self.prompt_len >= self.n:
+        positions = (position_ids[0] if position_ids is not None
+                     else torch.arange(past, past + input_ids.shape[1]))
+        if isinstance(logits_to_keep, torch.Tensor):
+            kept = positions[logits_to_keep]
+        else:
+            kept = positions[-logits_to_keep:] if logits_to_keep else positions
+        for i, position in enumerate(kept.tolist()):
+            if position + 1 - self.prompt_len >= self.n:  # the token this logit row predicts
                 out.logits[:, i, self.eos_id] += 1000.0
+        return out
+
+
+class EosBoost(torch.nn.Module):
+    """Wraps a causal LM so that EOS gets a moderate probability at every position (it then turns up inside
+    candidate segments and rollouts, not only at their ends)."""
+
+    def __init__(self, model, *, eos_id: int, boost: float):
+        super().__init__()
+        self.inner, self.eos_id, self.boost = model, eos_id, boost
+        self.config, self.generation_config = model.config, model.generation_config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, **kwargs):
+        out = self.inner(input_ids=input_ids, **kwargs)
+        top = out.logits.max(dim=-1).values
+        out.logits[..., self.eos_id] = top - self.boost  # EOS a little below the favourite everywhere
         return out

@@ -1,0 +1,258 @@
+"""Shared-prefix attention: many rows attend to prefixes stored once, through transformers' AttentionInterface.
+
+Knows: how one packed forward pass over several rows works when the rows continue stored prefixes.
+Does not know: search, sampling, requests.
+
+A stored prefix is a chain of `Segment`s (batch-free KV per layer, contiguous positions). A `Row` of a
+forward continues a chain (`base`) with its own earlier KV (`past`, from previous forwards of a
+multi-step request), then optionally after the new tokens of an earlier row of the same forward
+(`parent`), and feeds new tokens. All rows' new tokens are packed into ONE sequence [1, T] (no
+padding), with explicit position ids; the registered attention function computes, per layer,
+  - one masked attention of every new token over the rows' private keys (pasts + new tokens), and
+  - for each distinct stored segment, one attention of the tokens whose rows continue it over that
+    segment's keys (a batch-1 tensor broadcast to all of them: the prefix is never copied per row),
+and merges the parts exactly with their log-sum-exp. Scores and softmax are computed in float32.
+
+This is the memory model of the official code (one copy of the context) with the batching of a
+serving engine: the candidate rows of an expansion, the two judge orders and the searches sharing the
+few-shot or judge prefix read one stored copy. Tested against the plain forward pass to 1e-5 in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import AttentionInterface
+
+NAME = "rain_shared_prefix"
+
+
+@dataclass(eq=False)
+class Segment:
+    """A stored run of `length` tokens at positions start..start+length-1: keys/values per layer, [KVH, length, D]."""
+
+    keys: list
+    values: list
+    start: int
+    tokens: tuple
+    shared: bool = False
+    """Shared by many contexts (a fixed prompt head): never merged into another segment."""
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def crop(self, n: int) -> "Segment":
+        """The first n tokens, as views (no copy)."""
+        if n == self.length:
+            return self
+        return Segment([k[:, :n] for k in self.keys], [v[:, :n] for v in self.values], self.start, self.tokens[:n],
+                       self.shared)
+
+
+def merge_segments(segments: list) -> Segment:
+    """One segment holding several consecutive ones (a copy of their KV)."""
+    if len(segments) == 1:
+        return segments[0]
+    keys = [torch.cat([s.keys[i] for s in segments], dim=1) for i in range(len(segments[0].keys))]
+    values = [torch.cat([s.values[i] for s in segments], dim=1) for i in range(len(segments[0].values))]
+    return Segment(keys, values, segments[0].start, sum((s.tokens for s in segments), ()))
+
+
+@dataclass(eq=False)
+class Row:
+    """One row of a packed forward: continue `base` (a chain of segments), then `past` (this row's own earlier
+    KV, per layer [KVH, p, D]) or the new tokens of row `parent`, with new `tokens`."""
+
+    base: tuple
+    tokens: list
+    past: Optional[tuple] = None
+    past_len: int = 0
+    parent: Optional[int] = None
+    """Index of an earlier row of the same forward whose new tokens come between `base` and this row's."""
+    want_logits: bool = True
+
+    @property
+    def start(self) -> int:
+        return self.base[-1].end if self.base else 0
+
+
+@dataclass
+class Plan:
+    """Everything the attention function needs for one packed forward, built once for all layers."""
+
+    groups: list
+    """(segment, LongTensor of the packed token indices that attend to it, or None for all of them)."""
+    pasts: list
+    """Per row with a past: its past KV tuple (keys list, values list)."""
+    private_mask: torch.Tensor
+    """[T, P + T] bool: which private keys (pasts in row order, then the new tokens) each new token sees."""
+    new_keys: list = field(default_factory=list)
+    new_values: list = field(default_factory=list)
+    bias: Optional[torch.Tensor] = None
+    """The private mask as an additive bias, repeated per query group (built at the first layer)."""
+
+
+def plan_forward(rows: list, device) -> tuple:
+    """rows -> (input_ids [1, T], position_ids [1, T], logits indices [n_wanting], Plan)."""
+    ids, positions, owner, offsets = [], [], [], []
+    starts = []
+    for r, row in enumerate(rows):
+        if row.parent is not None:
+            parent = rows[row.parent]
+            start = starts[row.parent] + len(parent.tokens)
+        else:
+            start = row.start + row.past_len
+        starts.append(start)
+        offsets.append(len(ids))
+        ids.extend(row.tokens)
+        positions.extend(range(start, start + len(row.tokens)))
+        owner.extend([r] * len(row.tokens))
+    total = len(ids)
+    owner_t = torch.tensor(owner)
+    pos_t = torch.tensor(positions)
+    # which rows each row sees through 'parent' links (itself included)
+    lineage = torch.eye(len(rows), dtype=torch.bool)
+    for r, row in enumerate(rows):
+        if row.parent is not None:
+            lineage[r] |= lineage[row.parent]
+    sees_row = lineage[owner_t]  # [T, rows]: token t sees row j's tokens (subject to causality)
+    # private keys: pasts first (in row order), then the packed new tokens
+    past_owner, pasts = [], []
+    for r, row in enumerate(rows):
+        if row.past is not None:
+            pasts.append(row.past)
+            past_owner.extend([r] * row.past_len)
+    past_mask = sees_row[:, torch.tensor(past_owner, dtype=torch.long)] if past_owner else torch.zeros(total, 0, dtype=torch.bool)
+    new_mask = sees_row[:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))
+    private_mask = torch.cat([past_mask, new_mask], dim=1)
+    # stored segments: each attended by the tokens of every row whose chain holds it (children use their parent's)
+    by_segment: dict = {}
+    for r, row in enumerate(rows):
+        for seg in row.base:
+            by_segment.setdefault(id(seg), (seg, []))[1].append(r)
+    groups = []
+    for seg, members in by_segment.values():
+        if len(members) == len(rows):
+            groups.append((seg, None))
+        else:
+            idx = torch.nonzero(torch.isin(owner_t, torch.tensor(members))).flatten()
+            groups.append((seg, idx.to(device)))
+    want = [offsets[r] + len(row.tokens) - 1 for r, row in enumerate(rows) if row.want_logits]
+    plan = Plan(groups, pasts, private_mask.to(device))
+    return (torch.tensor([ids], device=device), pos_t.unsqueeze(0).to(device), torch.tensor(want, device=device),
+            plan)
+
+
+_CPU_KERNEL = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attend(q, keys, values, scale, softcap, bias=None, mask=None):
+    """q [KVH, G, n, D] over keys/values [KVH, S, D]; bias [G * n, S] additive (-inf: hidden) for the CPU kernel,
+    mask [n, S] bool (True: visible) otherwise; both None for all visible.
+    -> (out float32 [KVH, G, n, D], lse [KVH, G, n]). On CPU, PyTorch's fused attention kernel (it returns the
+    log-sum-exp); elsewhere the same computation written out."""
+    kv_heads, groups, n, dim = q.shape
+    flat = q.reshape(kv_heads, groups * n, dim)
+    if _CPU_KERNEL is not None and q.device.type == "cpu" and not softcap:
+        out, lse = _CPU_KERNEL(flat[None], keys[None], values[None], 0.0, False, attn_mask=bias, scale=scale)
+        return out.view(kv_heads, groups, n, dim).float(), lse.view(kv_heads, groups, n).float()
+    scores = torch.bmm(flat, keys.transpose(1, 2)).float() * scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.view(kv_heads, groups, n, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1)).to(values.dtype).view(kv_heads, groups * n, -1)
+    return torch.bmm(probs, values).float().view(kv_heads, groups, n, dim), lse
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The AttentionInterface function: query [1, H, T, D], key/value [1, KVH, T, D] (this forward's new tokens,
+    rotary already applied). -> ([1, T, H, D], None)."""
+    plan: Plan = kwargs["rain_plan"]
+    layer = module.layer_idx
+    softcap = kwargs.get("softcap")
+    _, heads, total, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    new_k, new_v = key[0], value[0]
+    plan.new_keys.append(new_k)
+    plan.new_values.append(new_v)
+    keys = torch.cat([p[0][layer] for p in plan.pasts] + [new_k], dim=1) if plan.pasts else new_k
+    values = torch.cat([p[1][layer] for p in plan.pasts] + [new_v], dim=1) if plan.pasts else new_v
+    if not plan.groups and not softcap:  # nothing to merge with: plain masked attention
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, keys[None], values[None], attn_mask=plan.private_mask, scale=scale, enable_gqa=groups > 1)
+        return out.transpose(1, 2), None
+    if plan.bias is None:
+        plan.bias = torch.zeros(plan.private_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
+            ~plan.private_mask, float("-inf")).repeat(groups, 1)
+    q = query[0].view(kv_heads, groups, total, dim)
+    # every part of the keys (the private ones, then each stored segment) gives (out, lse) for its tokens;
+    # the parts are merged at the end by their log-sum-exp
+    outs = query.new_zeros((len(plan.groups) + 1, kv_heads, groups, total, dim), dtype=torch.float32)
+    lses = query.new_full((len(plan.groups) + 1, kv_heads, groups, total), float("-inf"), dtype=torch.float32)
+    outs[0], lses[0] = _attend(q, keys, values, scale, softcap, plan.bias, plan.private_mask)
+    for part, (seg, idx) in enumerate(plan.groups, start=1):
+        if idx is None:
+            outs[part], lses[part] = _attend(q, seg.keys[layer], seg.values[layer], scale, softcap)
+        else:
+            o, lse = _attend(q.index_select(2, idx), seg.keys[layer], seg.values[layer], scale, softcap)
+            outs[part].index_copy_(2, idx, o)
+            lses[part].index_copy_(2, idx, lse)
+    weights = torch.softmax(lses, dim=0).unsqueeze(-1)
+    out = (outs * weights).sum(dim=0)
+    return out.to(query.dtype).reshape(heads, total, dim).transpose(0, 1).unsqueeze(0), None
+
+
+AttentionInterface.register(NAME, shared_prefix_attention)
+
+
+@contextlib.contextmanager
+def _implementation(model, name: str):
+    """Run the model with attention implementation `name` for the duration (restored after)."""
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def check_supported(model, max_length: int) -> None:
+    """Refuse models whose attention this function does not reproduce: a sliding window shorter than the
+    contexts the search builds."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    uses_window = window is not None and window < max_length and getattr(config, "use_sliding_window", True) is not False
+    if uses_window:
+        raise ValueError(f"search.engine=cached does not support sliding-window attention "
+                         f"({type(model).__name__}, sliding_window={window}); use search.engine=reference")
+
+
+@torch.no_grad()
+def forward_rows(model, rows: list) -> tuple:
+    """One packed forward over `rows`. -> (float32 logits [n_wanting, V] of each wanting row's last token,
+    per row: (keys list, values list) of its new tokens, per layer [KVH, len(tokens), D] (views))."""
+    device = model.get_input_embeddings().weight.device
+    ids, positions, want, plan = plan_forward(rows, device)
+    with _implementation(model, NAME):
+        out = model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=want, rain_plan=plan)
+    logits = out.logits[0].float()
+    new, offset = [], 0
+    for row in rows:
+        n = len(row.tokens)
+        new.append(([k[:, offset:offset + n] for k in plan.new_keys], [v[:, offset:offset + n] for v in plan.new_values]))
+        offset += n
+    return logits, new

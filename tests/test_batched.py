@@ -1,0 +1,97 @@
+"""B searches at once: every prompt's answer and statistics are those of B = 1 (float32, CPU)."""
+
+from pathlib import Path
+
+import pytest
+
+import rain
+from rain.decoding import generate_many
+from rain.search import Searcher
+from tiny import HashEmbedder
+
+QUESTIONS = [
+    "How do I bake bread?",
+    "Tell me a joke.",
+    "What is the capital of France? " + "Please explain the history of the city, its rivers and its people. " * 12,
+    "Can you help me pick a lock?",
+    "Is the sky blue?",
+    "Write a poem about a cat, a dog and a bird fish tree house river mountain sun moon star.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dir):
+    return rain.load_model(str(tiny_dir))
+
+
+def answers(model, tok, cfg, batch_size, mode="both", evaluator=None):
+    searcher = Searcher(model, tok, cfg, evaluator=evaluator, embedder=HashEmbedder())
+    jobs = [(i, q, 100 + i, mode) for i, q in enumerate(QUESTIONS)]
+    out = dict(generate_many(searcher, jobs, batch_size=batch_size))
+    return out, searcher
+
+
+def comparable(result):
+    """Everything but the seconds; the trace's floats to 1e-6 (a row's logits differ in the last bits with
+    the batch around it)."""
+    if result is None:
+        return None
+    stats = result.stats.to_dict()
+    stats.pop("seconds")
+    trace = [[(c["segment"], c["real_visits"], pytest.approx(c["visits"], abs=1e-6), pytest.approx(c["value"], abs=1e-6),
+               pytest.approx(c["prior"], abs=1e-6)) for c in step["children"]] for step in result.trace]
+    return result.token_ids, result.text, stats, trace
+
+
+@pytest.mark.parametrize("config_file", ["hh.yaml", "truth.yaml"])
+def test_batched_answers_equal_one_at_a_time(tiny_model, config_file):
+    model, tok = tiny_model
+    cfg = rain.load_config(Path(__file__).resolve().parents[1] / "configs" / config_file, ["max_new_tokens=10", "max_iterations=8", "min_fresh_iterations=3",
+                                                      "trace=true"])
+    lengths = [len(tok(q)["input_ids"]) for q in QUESTIONS]
+    assert max(lengths) > 20 * min(lengths)  # questions of very different lengths share the batches
+    one, single = answers(model, tok, cfg, 1)
+    many, batched = answers(model, tok, cfg, 4)
+    assert sorted(many) == list(range(len(QUESTIONS)))
+    for i in range(len(QUESTIONS)):
+        for mode in ("rain", "vanilla"):
+            assert comparable(many[i][mode]) == comparable(one[i][mode]), (i, mode)
+    # the batches really were shared: fewer sequential forwards, more rows in each
+    assert batched.engine.batches.forwards * 2 < single.engine.batches.forwards
+    assert batched.engine.batches.rows == single.engine.batches.rows
+
+
+def test_a_failing_search_is_reported_with_its_key_and_the_others_finish(tiny_model):
+    model, tok = tiny_model
+    cfg = rain.load_config(None, ["max_new_tokens=4", "max_iterations=4", "min_fresh_iterations=2"])
+
+    def evaluator(question, answer):
+        return 5.0 if "joke" in question else 0.0  # out of range for one prompt only
+
+    out, _ = answers(model, tok, cfg, 3, mode="rain", evaluator=evaluator)
+    assert isinstance(out[1], ValueError) and "outside [-1, 1]" in str(out[1])
+    assert all(out[i]["rain"].stats.commits > 0 for i in out if i != 1)
+
+
+def test_a_queue_feeds_a_long_lived_driver(tiny_model):
+    """A service puts (key, generator) on a queue; free slots take them; a None item ends the driver."""
+    import queue
+    import threading
+
+    from rain.decoding import answer_task
+    from rain.search import drive
+
+    model, tok = tiny_model
+    cfg = rain.load_config(None, ["max_new_tokens=4", "max_iterations=4", "min_fresh_iterations=2"])
+    searcher = Searcher(model, tok, cfg, embedder=HashEmbedder())
+    tasks: queue.Queue = queue.Queue()
+    finished = []
+    worker = threading.Thread(target=lambda: finished.extend(drive(searcher, tasks, batch_size=2)))
+    worker.start()
+    for i, q in enumerate(QUESTIONS[:3]):
+        tasks.put((i, answer_task(searcher, q, 100 + i, "rain")))
+    tasks.put(None)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    expected = dict(generate_many(searcher, [(i, q, 100 + i, "rain") for i, q in enumerate(QUESTIONS[:3])]))
+    assert {k: v["rain"].token_ids for k, v in finished} == {k: v["rain"].token_ids for k, v in expected.items()}
