@@ -89,28 +89,66 @@ class SearchAnswerer:
     def __init__(self, cfg: RainConfig):
         import rain
         from rain.formats import check_judge_options
-        from rain.loading import guard_finite_logits
+        from rain.loading import ModelError, NonFiniteLogits, guard_finite_logits
 
         self.cfg = cfg
         check_judge_options(cfg.judge)
         model, self.tokenizer = rain.load_model(cfg.model)
         guard_finite_logits(model)  # NaN logits raise: that prompt gets an error record, not a NaN answer
-        self.searcher = rain.Searcher(model, self.tokenizer, cfg)
+        try:
+            self.searcher = rain.Searcher(model, self.tokenizer, cfg)  # prefills the judge's fixed prompt
+        except NonFiniteLogits as err:
+            raise ModelError(f"model {cfg.model.name!r} gives NaN or infinite logits on the judge's fixed prompt, "
+                             f"before any question ({err}): its weights are damaged or overflow in this "
+                             "dtype") from None
 
     def __call__(self, item: Item) -> dict:
         ((_, record),) = self.many([item])
         return record
 
     def many(self, items: list[Item]) -> Iterator[tuple[Item, dict]]:
-        """(item, record) for every item, in the order they finish."""
+        """(item, record) for every item, in the order they finish. A prompt whose search raises gets an error
+        record. A failure in a forward pass shared by the batch (NaN logits or out of memory in one row) names
+        no prompt: the prompts then in flight are answered again one at a time, so that only the failing one
+        gets an error record; the rest go on in batches."""
+        pending, batch = list(items), self.cfg.run.batch_size
+        while pending:
+            finished = set()
+            try:
+                for item, record in self._drive(pending, batch):
+                    finished.add(item.id)
+                    yield item, record
+                return
+            except Exception as err:  # noqa: BLE001 - isolated below, then recorded per prompt
+                self._drop_queued_work()
+                pending = [item for item in pending if item.id not in finished]
+                if batch == 1:  # the one in flight failed
+                    yield pending[0], failed_record(pending[0], err, self.cfg)
+                    pending = pending[1:]
+                    continue
+                for item in pending[:batch]:
+                    yield item, self._alone(item)
+                pending = pending[batch:]
+
+    def _drive(self, items: list[Item], batch: int) -> Iterator[tuple[Item, dict]]:
         from rain.search import drive
 
         tasks = ((item, self._task(item)) for item in items)
-        for item, record in drive(self.searcher, tasks, batch_size=self.cfg.run.batch_size):
-            if isinstance(record, BaseException):  # that prompt failed; the others go on
-                yield item, failed_record(item, record, self.cfg)
-                continue
-            yield item, record
+        for item, record in drive(self.searcher, tasks, batch_size=batch):
+            yield item, failed_record(item, record, self.cfg) if isinstance(record, BaseException) else record
+
+    def _alone(self, item: Item) -> dict:
+        try:
+            ((_, record),) = self._drive([item], 1)
+        except Exception as err:  # noqa: BLE001 - this prompt's own failure
+            self._drop_queued_work()
+            return failed_record(item, err, self.cfg)
+        return record
+
+    def _drop_queued_work(self) -> None:
+        """A forward that raised leaves its jobs queued in the shared engine; drop them, or the next search
+        would run them again (and fail the same way)."""
+        self.searcher.engine.jobs.clear()
 
     def _task(self, item: Item):
         """One prompt's record as a request generator: a skip with its reason, or the answers."""

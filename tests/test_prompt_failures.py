@@ -95,23 +95,52 @@ def test_retry_errors_flag_of_the_launcher(tmp_path):
     assert [r["status"] for r in json.loads((tmp_path / "out" / "t.json").read_text())] == ["ok"] * 3
 
 
-def test_nan_logits_of_a_real_model_become_error_records(tmp_path, tiny_dir):
-    """A model whose logits are NaN (e.g. float16 overflow): no answer from NaN probabilities, an error record."""
-    from safetensors.torch import load_file, save_file
+def nan_model(tiny_dir, folder, *, token_text=None):
+    """The tiny model with NaN weights: all of lm_head, or only the embeddings of `token_text`'s tokens (so only
+    prompts holding that text give NaN logits)."""
     import shutil
 
-    broken = tmp_path / "nan-model"
-    shutil.copytree(tiny_dir, broken)
-    weights = load_file(broken / "model.safetensors")
-    weights = {name: torch.full_like(t, float("nan")) if name == "lm_head.weight" else t for name, t in weights.items()}
-    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    cfg = load_config(None, [f"model.name={broken}", "prompt.format=chat", "run.mode=vanilla",
-                             f"run.data={hh_file(tmp_path / 'hh.jsonl', QUESTIONS[:2])}", f"run.outdir={tmp_path}",
-                             "run.name=nan", "search.max_new_tokens=3"])
-    assert run_shard(cfg, rank=Rank()) == 2
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    if token_text is None:
+        weights["lm_head.weight"] = torch.full_like(weights["lm_head.weight"], float("nan"))
+    else:
+        ids = AutoTokenizer.from_pretrained(folder)(token_text, add_special_tokens=False)["input_ids"]
+        weights["model.embed_tokens.weight"][ids] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def nan_cfg(model, tmp_path, questions, *extra):
+    return load_config(None, [f"model.name={model}", "prompt.format=chat", "run.mode=vanilla",
+                              f"run.data={hh_file(tmp_path / 'hh.jsonl', questions)}", f"run.outdir={tmp_path}",
+                              "run.name=nan", "run.shuffle_seed=null", "search.max_new_tokens=3", *extra])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_nan_logits_on_one_prompt_give_it_an_error_record_and_the_others_their_answers(tmp_path, tiny_dir,
+                                                                                      batch_size):
+    """Logits that are NaN (e.g. float16 overflow) for one prompt: no answer from NaN probabilities, an error
+    record for it, answers for the others, also when they are searched in one batch."""
+    model = nan_model(tiny_dir, tmp_path / "nan-model", token_text="\u00a7")
+    cfg = nan_cfg(model, tmp_path, ["How do I bake bread?", "Tell me \u00a7 now", "Tell me a joke."],
+                  f"run.batch_size={batch_size}")
+    assert run_shard(cfg, rank=Rank()) == 3
     records = collect(RunPaths(tmp_path, "nan"))
-    assert [r["status"] for r in records] == ["error", "error"]
-    assert records[0]["reason"].startswith("NonFiniteLogits: the model produced NaN or infinite logits")
+    assert [r["status"] for r in records] == ["ok", "error", "ok"]
+    assert records[1]["reason"].startswith("NonFiniteLogits: the model produced NaN or infinite logits")
+
+
+def test_a_model_with_nan_logits_everywhere_is_a_one_line_model_error(tmp_path, tiny_dir):
+    from rain.loading import ModelError
+
+    model = nan_model(tiny_dir, tmp_path / "nan-model")
+    with pytest.raises(ModelError) as err:
+        run_shard(nan_cfg(model, tmp_path, QUESTIONS[:2]), rank=Rank())
+    assert "\n" not in str(err.value) and "gives NaN or infinite logits on the judge's fixed prompt" in str(err.value)
 
 
 def test_rain_judge_leaves_error_records_out_of_the_rates_and_counts_them(tmp_path, capsys):
