@@ -51,7 +51,15 @@ def test_the_judge_prompt_from_crlf_files_equals_the_lf_one(crlf_copies, ending)
     crlf_cfg = JudgeConfig(instruction_file=str(folder / "harm_instruction.txt"),
                            options_files=(str(folder / "harm_options_ab.txt"), str(folder / "harm_options_ba.txt")))
     check_judge_options(crlf_cfg)
-    crlf, lf = SelfEvaluator(None, tok, crlf_cfg), SelfEvaluator(None, tok, JudgeConfig())
-    assert crlf.prefix_text == lf.prefix_text and crlf.blocks == lf.blocks
-    assert crlf._rows("Human: hi\nAssistant: hello") == lf._rows("Human: hi\nAssistant: hello")
-    assert "\r" not in crlf.prefix_text + "".join(text for text, _, _ in crlf.blocks)
+    crlf, lf = SelfEvaluator(NoEngine(), tok, crlf_cfg), SelfEvaluator(NoEngine(), tok, JudgeConfig())
+    conversation = "Human: hi\nAssistant: hello"
+    assert crlf.prompt_texts(conversation) == lf.prompt_texts(conversation)
+    assert crlf._rows(conversation) == lf._rows(conversation)
+    assert not any("\r" in text for text in crlf.prompt_texts(conversation))
+
+
+class NoEngine:
+    """The evaluator's engine is only asked to store the fixed prefix here."""
+
+    def share(self, tokens):
+        return None
