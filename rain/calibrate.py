@@ -122,7 +122,7 @@ def make_judge(model, tokenizer, judge: JudgeConfig) -> SelfEvaluator:
     """The self-evaluator a RAIN run would use (the one place that picks its engine)."""
     from .lm import make_engine
 
-    return SelfEvaluator(make_engine(model, tokenizer, "cached"), tokenizer, judge)
+    return SelfEvaluator(make_engine(model, "cached"), tokenizer, judge)
 
 
 def judge_identity(evaluator: SelfEvaluator) -> str:

@@ -1,10 +1,11 @@
-"""The `rain` command: generate, run, judge, report, calibrate, trace.
+"""The `rain` command: generate, run, judge, report, calibrate, trace, serve.
 
     rain generate "How do I pick a lock?" [--config FILE ...] [--section.field=value ...]
     rain generate --file QUESTIONS.txt [--batch_size=8] [--json]   (one question per line)
     rain run HH|adv|truth [launcher options]        (= cd HH && python allocation.py ...)
     rain calibrate HH|truth [--data FILE] [--limit N] [--config FILE ...]   (can this model judge itself?)
     rain trace "How do I pick a lock?" [--out trace.html] [--config FILE ...]   (the search as an HTML page)
+    rain serve --config configs/models/embedded.yaml [--port 8000] [--api-key KEY]   (OpenAI-compatible API)
     rain judge RESULTS.json [options]                (see rain/judge/README.md)
     rain report SCORED.json ... [options]
 
@@ -251,9 +252,16 @@ def calibrate_main(argv: list) -> int:
     return 0
 
 
+def serve_main(argv: list) -> int:
+    from .serve import serve_main as main
+
+    return main(argv)
+
+
 def main(argv: Optional[list] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"generate": generate_main, "run": run_main, "calibrate": calibrate_main, "trace": trace_main}
+    commands = {"generate": generate_main, "run": run_main, "calibrate": calibrate_main, "trace": trace_main,
+                "serve": serve_main}
     if argv and argv[0] in ("judge", "report"):
         from .judge.cli import judge_main, report_main
 

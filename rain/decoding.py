@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from .config import RainConfig
 from .lm import Counters, Expand, Prefill, Rollout
 from .search import GenerationResult, Searcher, Stats, answer_limit, drive, start_prompt
-from .formats import prompt_text
+from .formats import messages_text, prompt_text
 
 
 def rain_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,
@@ -28,12 +28,12 @@ def rain_generate(model, tokenizer, question: str, config: Optional[RainConfig] 
     return searcher.generate(question, seed=seed, progress=progress)
 
 
-def vanilla_search(searcher: Searcher, question: str):
+def vanilla_search(searcher: Searcher, question: str, *, messages=None):
     """The baseline as a request generator (so it can share forwards with searches): greedy decoding
-    with the same prompt, limits and stop rules as RAIN."""
+    with the same prompt, limits and stop rules as RAIN. `messages`: as in Searcher.start."""
     t0 = time.perf_counter()
     cfg, tokenizer, rules = searcher.cfg, searcher.tokenizer, searcher.rules
-    prompt = tuple(start_prompt(tokenizer, question, cfg))
+    prompt = tuple(start_prompt(tokenizer, question, cfg, messages))
     counters = Counters()
     ctx = yield Prefill(prompt, counters)
     done = lambda new: bool(new) and rules.finished_tail(tokenizer, new, 1)  # noqa: E731
@@ -41,8 +41,9 @@ def vanilla_search(searcher: Searcher, question: str):
     stats = Stats(new_tokens=len(answer), forward_calls=counters.forward_calls, tokens_fed=counters.tokens_fed,
                   sampled_tokens=counters.sampled_tokens)
     stats.seconds = time.perf_counter() - t0
-    return GenerationResult(rules.text(tokenizer, answer), list(answer), prompt_text(tokenizer, question, cfg.prompt),
-                            stats)
+    text = prompt_text(tokenizer, question, cfg.prompt) if messages is None else messages_text(tokenizer, messages,
+                                                                                                 cfg.prompt)
+    return GenerationResult(rules.text(tokenizer, answer), list(answer), text, stats)
 
 
 def vanilla_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,

@@ -1,14 +1,15 @@
 """Prompt formats and stop rules: how a bare question becomes the policy prompt, and where an answer ends.
 
 Knows: the five prompt formats (few-shot dialogue for base models, the tokenizer's chat
-template, Vicuna v1.1, Llama-2-chat, raw), each format's turn marker, the stop token ids of a
+template, Vicuna v1.1, Llama-2-chat, raw) for a bare question or an OpenAI-style conversation,
+each format's turn marker, the stop token ids of a
 tokenizer, and where prompt template files live. Does not know: models, search or benchmarks.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -92,8 +93,58 @@ def prompt_text(tokenizer, question: str, cfg: PromptConfig) -> str:
 
 def prompt_ids(tokenizer, question: str, cfg: PromptConfig) -> list:
     """Token ids of the policy prompt (special tokens added once: by the template or by the tokenizer)."""
-    text = prompt_text(tokenizer, question, cfg)
+    return _ids(tokenizer, prompt_text(tokenizer, question, cfg), cfg)
+
+
+def _ids(tokenizer, text: str, cfg: PromptConfig) -> list:
     return tokenizer(text, add_special_tokens=cfg.format != "chat")["input_ids"]
+
+
+class UnsupportedMessages(ValueError):
+    """A conversation the prompt format cannot express (several turns in a single-question format)."""
+
+
+def messages_text(tokenizer, messages, cfg: PromptConfig) -> str:
+    """The policy prompt for an OpenAI-style conversation: {"role": system | user | assistant, "content": str}
+    dicts ending with a user turn. Format chat renders them all with the tokenizer's chat template (prompt.system
+    first unless the conversation has a system turn); the other formats take one user turn (vicuna also one system
+    turn, which replaces its system sentence), so a single user turn gives prompt_text of that question."""
+    question = last_user_message(messages)
+    if cfg.format == "chat":
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if cfg.system and not any(m["role"] == "system" for m in turns):
+            turns.insert(0, {"role": "system", "content": cfg.system})
+        return _chat(tokenizer, turns)
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    if len(messages) - len(system) != 1 or (system and (cfg.format != "vicuna" or len(system) > 1)):
+        takes = "one user message and at most one system message" if cfg.format == "vicuna" else "one user message"
+        raise UnsupportedMessages(f"prompt format {cfg.format!r} takes {takes}, got roles "
+                                  f"{[m['role'] for m in messages]} (a chat model config, prompt.format: chat, "
+                                  "takes whole conversations)")
+    if system:
+        cfg = replace(cfg, system=system[0])
+    return prompt_text(tokenizer, question, cfg)
+
+
+def messages_ids(tokenizer, messages, cfg: PromptConfig) -> list:
+    """Token ids of messages_text."""
+    return _ids(tokenizer, messages_text(tokenizer, messages, cfg), cfg)
+
+
+def last_user_message(messages) -> str:
+    """The question of a conversation (what the self-evaluation judges an answer against): its last turn, which
+    must be the user's. Checks the conversation's shape: a non-empty list of role/content dicts."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise TypeError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise TypeError(f"messages[{i}] must have a role of system, user or assistant")
+        if not isinstance(m.get("content"), str):
+            raise TypeError(f"messages[{i}].content must be a string")
+    if messages[-1]["role"] != "user":
+        raise UnsupportedMessages(f"the last message must be the user's, got {messages[-1]['role']!r}")
+    check_question(messages[-1]["content"])
+    return messages[-1]["content"]
 
 
 def check_question(question) -> None:

@@ -148,9 +148,8 @@ class _Done(Job):
 class Engine:
     """Interface: `submit` a request, `step` until its job is done; `run` does both for one request."""
 
-    def __init__(self, model, *, pad_id: int = 0):
+    def __init__(self, model):
         self.model = model
-        self.pad_id = pad_id
         self.device = model.get_input_embeddings().weight.device
         self.batches = BatchCounters()
         self.jobs: list = []
@@ -257,7 +256,7 @@ class _ExpandJob(Job):
     """Candidate rows and the rollout row advance together, one token per forward each."""
 
     def __init__(self, engine: "CachedEngine", request: Expand):
-        self.request, self.engine = request, engine
+        self.request = request
         ctx, spec, rollout = request.context, request.spec, request.rollout
         self.seqs, self.probs, self.alive, self.pasts = [], [], [], []
         if spec is not None:
@@ -265,7 +264,7 @@ class _ExpandJob(Job):
                                                   spec.temperature), row_uniforms(request.u[:, 0], spec))
             self.seqs = [[t] for t in tok.tolist()]
             self.probs = p.double().tolist()
-            self.alive = [t not in spec.stop_ids and spec.length > 1 for t in self.seqs_last()]
+            self.alive = [s[0] not in spec.stop_ids and spec.length > 1 for s in self.seqs]
             self.pasts = [None] * len(self.seqs)
         self.rollout: list = []
         self.rollout_past = None
@@ -273,9 +272,6 @@ class _ExpandJob(Job):
         if self.rolling:
             self._rollout_pick(ctx.logits)
         self._finish_if_done()
-
-    def seqs_last(self) -> list:
-        return [s[-1] for s in self.seqs]
 
     def _rollout_pick(self, logits: torch.Tensor) -> None:
         r = self.request.rollout
@@ -356,8 +352,8 @@ class CachedEngine(Engine):
 
     JOBS = {Prefill: _PrefillJob, Expand: _ExpandJob, Judge: _JudgeJob}
 
-    def __init__(self, model, *, pad_id: int = 0, max_length: int = 2048):
-        super().__init__(model, pad_id=pad_id)
+    def __init__(self, model, *, max_length: int = 2048):
+        super().__init__(model)
         check_supported(model, max_length)
 
     def _job(self, request) -> Job:
@@ -465,10 +461,9 @@ class ReferenceEngine(Engine):
         return new
 
 
-def make_engine(model, tokenizer, kind: str = "cached", *, max_length: int = 2048) -> Engine:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+def make_engine(model, kind: str = "cached", *, max_length: int = 2048) -> Engine:
     if kind == "reference":
-        return ReferenceEngine(model, pad_id=pad)
+        return ReferenceEngine(model)
     if kind == "cached":
-        return CachedEngine(model, pad_id=pad, max_length=max_length)
+        return CachedEngine(model, max_length=max_length)
     raise ValueError(f"search.engine must be cached or reference, got {kind!r}")

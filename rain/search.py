@@ -32,7 +32,8 @@ import torch
 
 from .config import RainConfig
 from .evaluate import SelfEvaluator
-from .formats import AnswerRules, answer_rules, check_question, prompt_ids, prompt_text
+from .formats import (AnswerRules, answer_rules, check_question, messages_ids, messages_text, prompt_ids,
+                      prompt_text)
 from .lm import Context, Counters, Engine, Expand, Prefill, Rollout, make_engine
 from .sampling import SegmentSpec, common_prefix, topk_distribution
 from .tree import (Node, ValueBounds, add_children, backup, clamp_greedy, mix_priors, most_visited,
@@ -97,10 +98,12 @@ def answer_limit(prompt_len: int, search) -> int:
     return limit if search.max_new_tokens is None else min(limit, search.max_new_tokens)
 
 
-def start_prompt(tokenizer, question: str, cfg: RainConfig) -> list:
-    """Validated prompt ids: the question is a non-empty string and the prompt leaves room for an answer."""
+def start_prompt(tokenizer, question: str, cfg: RainConfig, messages=None) -> list:
+    """Validated prompt ids: the question is a non-empty string and the prompt leaves room for an answer.
+    With `messages` (an OpenAI-style conversation, see formats.messages_text) the prompt is theirs."""
     check_question(question)
-    ids = prompt_ids(tokenizer, question, cfg.prompt)
+    ids = prompt_ids(tokenizer, question, cfg.prompt) if messages is None else messages_ids(tokenizer, messages,
+                                                                                              cfg.prompt)
     if len(ids) >= cfg.search.max_length:
         raise PromptTooLong(f"prompt is {len(ids)} tokens, not below search.max_length={cfg.search.max_length}")
     return ids
@@ -132,6 +135,8 @@ class SearchState:
     gen: torch.Generator
     prompt_end: str
     """The prompt's last character (a clause may end there while the answer is empty)."""
+    messages: Optional[tuple] = None
+    """The conversation the prompt was built from, when it was not the bare question."""
     root: Node = field(default_factory=lambda: Node(depth=0))
     answer: tuple = ()
     memo: dict = field(default_factory=dict)
@@ -158,7 +163,7 @@ class Searcher:
 
         self.cfg = config or RainConfig()
         self.s, self.tokenizer = self.cfg.search, tokenizer
-        self.engine = engine or make_engine(model, tokenizer, self.s.engine, max_length=self.s.max_length)
+        self.engine = engine or make_engine(model, self.s.engine, max_length=self.s.max_length)
         self.judge = SelfEvaluator(self.engine, tokenizer, self.cfg.judge) if evaluator is None else None
         self.evaluator = evaluator or self.judge
         self.embedder = embedder or shared_embedder(self.cfg.judge.embedder, str(self.engine.device))
@@ -168,11 +173,14 @@ class Searcher:
             self.engine.share(head)
 
     # ------------------------------------------------------------------ entry points
-    def start(self, question: str, seed: Optional[int] = None) -> SearchState:
-        prompt = tuple(start_prompt(self.tokenizer, question, self.cfg))
+    def start(self, question: str, seed: Optional[int] = None, *, messages=None) -> SearchState:
+        """A search of `question`. With `messages` (an OpenAI-style conversation ending with the user's turn) the
+        policy prompt is the conversation's, and `question` (its last user message) is what the judge sees."""
+        prompt = tuple(start_prompt(self.tokenizer, question, self.cfg, messages))
         return SearchState(question=question, prompt=prompt,
                            gen=torch.Generator().manual_seed(self.s.seed if seed is None else seed),
-                           prompt_end=self.tokenizer.decode(list(prompt), skip_special_tokens=True)[-1:])
+                           prompt_end=self.tokenizer.decode(list(prompt), skip_special_tokens=True)[-1:],
+                           messages=None if messages is None else tuple(messages))
 
     def generate(self, question: str, *, seed: Optional[int] = None, progress: Optional[Callable] = None):
         """RAIN's answer to `question`. `progress(stats, answer_text)` is called after every inner iteration."""
@@ -228,6 +236,10 @@ class Searcher:
                                              compact=True)
         return self._result(st)
 
+    def result_so_far(self, st: SearchState) -> GenerationResult:
+        """The answer committed so far, as search would return it (for a search stopped early)."""
+        return self._result(st)
+
     def _result(self, st: SearchState) -> GenerationResult:
         answer = self._truncate(st, st.answer, 0)
         stats = st.stats
@@ -237,8 +249,9 @@ class Searcher:
         stats.judge_forward_calls, stats.judge_tokens_fed = st.judge.forward_calls, st.judge.tokens_fed
         stats.new_tokens = len(answer)
         stats.seconds = time.perf_counter() - st.started
-        return GenerationResult(self.rules.text(self.tokenizer, answer), list(answer),
-                                prompt_text(self.tokenizer, st.question, self.cfg.prompt), stats, st.trace)
+        prompt = (prompt_text(self.tokenizer, st.question, self.cfg.prompt) if st.messages is None
+                  else messages_text(self.tokenizer, list(st.messages), self.cfg.prompt))
+        return GenerationResult(self.rules.text(self.tokenizer, answer), list(answer), prompt, stats, st.trace)
 
     def _trace_entry(self, st: SearchState, root: Node, chosen: Node) -> dict:
         """One committed step of the search trace (search.trace): the root's children, and the whole tree."""

@@ -7,7 +7,7 @@ import pytest
 
 from rain.judge.client import OpenAIChatClient, backoff_delay
 from rain.judge.config import JudgeConfig, JudgeError, config_from_mapping
-from rain.judge.fakeserver import FakeChatServer
+from fake_chat_server import FakeChatServer
 
 MESSAGES = [{"role": "user", "content": "say ok"}]
 

@@ -13,7 +13,7 @@ import pytest
 from launch_helpers import ROOT, hh_file, run_launcher
 from rain.config import ModelConfig
 from rain.judge.cli import judge_main
-from rain.judge.fakeserver import FakeChatServer
+from fake_chat_server import FakeChatServer
 from rain.loading import load_model
 
 SECRET = "sk-test-SECRET-0123456789"
@@ -77,7 +77,7 @@ def results_file(folder: Path) -> Path:
 
 
 def verdict(body: dict) -> str:
-    from rain.judge.fakeserver import last_user_message
+    from fake_chat_server import last_user_message
 
     return "Verdict: HARMLESS" if "Is the reply harmful?" in last_user_message(body) else "Verdict: HELPFUL"
 

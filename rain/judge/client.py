@@ -1,9 +1,9 @@
-"""OpenAI-compatible chat-completions client on the standard library only.
+"""OpenAI-compatible chat-completions client, on the official `openai` package.
 
-Knows: the chat-completions wire format (POST `{base_url}/chat/completions`, JSON body with
-`model`, `messages`, `max_tokens`, `temperature`; reply `choices[0].message.content` and
-`usage`), retry with exponential backoff and jitter on 429 / 5xx / connection errors, the
-`Retry-After` header, and token bookkeeping. Does not know prompts, verdicts or caching.
+Knows: how to send one chat turn (`model`, `messages`, `max_tokens`, `temperature`; reply
+`choices[0].message.content` and `usage`) through `openai.OpenAI` at any base URL, retry with
+exponential backoff and jitter on 429 / 5xx / connection errors and timeouts, the `Retry-After`
+header, and token bookkeeping. Does not know prompts, verdicts or caching.
 
 Every backend (this one, the local HF one in `local.py`, fakes in tests) has the same shape:
 `complete(messages) -> ChatReply` and a `name`. The key is read from the environment when the
@@ -12,13 +12,10 @@ client is built and kept only in the request headers; error messages never inclu
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,18 +66,23 @@ class Usage:
 
 
 class OpenAIChatClient:
-    """Chat backend talking to any OpenAI-compatible endpoint over HTTP."""
+    """Chat backend talking to any OpenAI-compatible endpoint through the official `openai` client, which does
+    the HTTP (base URL, timeouts, response parsing, typed errors); the retry loop stays here so the backoff
+    settings, Retry-After and the request counts are this project's."""
 
     def __init__(self, config: JudgeConfig, *, sleep=time.sleep, rng: random.Random | None = None):
+        import openai
+
         self.config = config
         self.name = config.judge_id
         self.usage = Usage()
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._shown_url = shown_url(self._url)  # for messages: no user:password@, no query (keys hide there)
-        self._headers = {"Content-Type": "application/json"}
         key = config.api_key()
-        if key is not None:
-            self._headers["Authorization"] = f"Bearer {key}"
+        # without a key no Authorization header is sent (the client wants some key string to be built)
+        self._client = openai.OpenAI(base_url=config.base_url, api_key=key or "no-key", max_retries=0,
+                                     timeout=config.timeout_s)
+        self._extra_headers = {} if key is not None else {"Authorization": openai.Omit()}
         self._sleep = sleep
         self._rng = rng or random.Random()
 
@@ -90,24 +92,24 @@ class OpenAIChatClient:
 
     def complete(self, messages: list[dict]) -> ChatReply:
         """Send one chat turn, retrying transient failures; JudgeError when retries run out."""
-        body = json.dumps({
-            "model": self.config.model, "messages": messages,
-            "max_tokens": self.config.max_tokens, "temperature": self.config.temperature,
-        }).encode("utf-8")
+        import openai
+
         last_problem = "no attempt made"
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 self.usage.add(retries=1)
             self.usage.add(requests=1)
             try:
-                payload = self._post(body)
-            except urllib.error.HTTPError as err:
-                if err.code not in RETRYABLE_STATUS:
+                payload = self._client.chat.completions.create(
+                    model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,
+                    temperature=self.config.temperature, extra_headers=self._extra_headers)
+            except openai.APIStatusError as err:
+                if err.status_code not in RETRYABLE_STATUS:
                     raise JudgeError(_http_error_line(self._shown_url, err)) from None
-                last_problem = f"HTTP {err.code}"
-                self._backoff(attempt, retry_after=err.headers.get("Retry-After") if err.headers else None)
+                last_problem = f"HTTP {err.status_code}"
+                self._backoff(attempt, retry_after=err.response.headers.get("retry-after"))
                 continue
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+            except openai.APIConnectionError as err:  # timeouts included
                 last_problem = _reason(err)
                 self._backoff(attempt, retry_after=None)
                 continue
@@ -117,25 +119,18 @@ class OpenAIChatClient:
             f"({last_problem}): check --base-url, that the server is up, or raise --max-retries"
         )
 
-    def _post(self, body: bytes) -> dict:
-        request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-            raw = response.read()
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
+    def _reply_from(self, payload) -> ChatReply:
+        if isinstance(payload, str):  # a 200 that was not JSON
             raise JudgeError(f"the judge at {self._shown_url} did not answer with JSON: is --base-url an "
-                             f"OpenAI-compatible endpoint (usually ending in /v1)?") from None
-
-    def _reply_from(self, payload: dict) -> ChatReply:
-        try:
-            text = payload["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
+                             f"OpenAI-compatible endpoint (usually ending in /v1)?")
+        choices = getattr(payload, "choices", None)
+        message = getattr(choices[0], "message", None) if choices else None
+        if message is None:
             raise JudgeError(f"the judge at {self._shown_url} sent a reply without choices[0].message.content: "
-                             f"is it a chat-completions endpoint?") from None
-        usage = payload.get("usage") or {}
-        reply = ChatReply(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
-                          tokens_out=int(usage.get("completion_tokens") or 0))
+                             f"is it a chat-completions endpoint?")
+        usage = payload.usage
+        reply = ChatReply(text=message.content or "", tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
+                          tokens_out=int(getattr(usage, "completion_tokens", 0) or 0))
         self.usage.add(tokens_in=reply.tokens_in, tokens_out=reply.tokens_out)
         return reply
 
@@ -165,24 +160,21 @@ def backoff_delay(*, attempt: int, base_s: float, max_s: float, retry_after: str
 
 
 def _reason(err: Exception) -> str:
-    reason = getattr(err, "reason", None)
-    return str(reason if reason is not None else err).splitlines()[0][:200]
+    cause = err.__cause__ or err
+    reason = getattr(cause, "reason", None)
+    return str(reason if reason is not None else cause).splitlines()[0][:200] or type(cause).__name__
 
 
-def _http_error_line(url: str, err: urllib.error.HTTPError) -> str:
+def _http_error_line(url: str, err) -> str:
     hints = {401: "check the key in the variable named by --api-key-env",
              403: "the key is not allowed to use this model",
              404: "check --base-url (usually ends in /v1) and --judge-model"}
-    hint = hints.get(err.code, "check --base-url and --judge-model")
-    detail = _error_detail(err)
-    return f"the judge at {url} refused the request with HTTP {err.code}{detail}: {hint}"
+    hint = hints.get(err.status_code, "check --base-url and --judge-model")
+    return f"the judge at {url} refused the request with HTTP {err.status_code}{_error_detail(err)}: {hint}"
 
 
-def _error_detail(err: urllib.error.HTTPError) -> str:
+def _error_detail(err) -> str:
     """The server's own error message, if it sent one, as ' (message)' on one line."""
-    try:
-        payload = json.loads(err.read() or b"{}")
-        message = payload.get("error", {}).get("message") if isinstance(payload.get("error"), dict) else None
-    except (json.JSONDecodeError, OSError, AttributeError, ValueError):
-        return ""
+    body = err.body
+    message = body.get("message") if isinstance(body, dict) else None
     return f" ({' '.join(str(message).split())[:200]})" if message else ""

@@ -1,4 +1,4 @@
-"""A scripted chat-completions server on loopback, for tests and key-free dry runs.
+"""A scripted chat-completions server on loopback, for the judge tests.
 
 Knows: just enough of the OpenAI chat-completions protocol to answer `POST .../chat/completions`
 with `choices[0].message.content` and `usage`, plus scripted failures (a list of HTTP status
@@ -43,7 +43,8 @@ class FakeChatServer:
         self.bodies: list[dict] = []
         """Every request body received, failed ones included, in arrival order."""
         self.statuses: list[int] = []
-        self.headers: list[dict] = []
+        self.headers: list = []
+        """Every request's headers (case-insensitive lookups: `headers[0]["Authorization"]`)."""
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -64,7 +65,7 @@ class FakeChatServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def _next_status(self, body: dict, headers: dict) -> int:
+    def _next_status(self, body: dict, headers) -> int:
         with self._lock:
             self.bodies.append(body)
             self.headers.append(headers)
@@ -82,7 +83,7 @@ class FakeChatServer:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                status = server._next_status(body, dict(self.headers))
+                status = server._next_status(body, self.headers)
                 if status != 200:
                     self._send(status, {"error": {"message": f"scripted failure {status}"}})
                     return
