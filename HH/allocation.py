@@ -9,7 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from rain.parallel import launcher_main  # noqa: E402
-
 if __name__ == "__main__":
-    sys.exit(launcher_main(sys.argv[1:], benchmark="HH", default_config=ROOT / "configs" / "hh.yaml"))
+    try:
+        from rain.parallel import launcher_main
+
+        sys.exit(launcher_main(sys.argv[1:], benchmark="HH", default_config=ROOT / "configs" / "hh.yaml"))
+    except KeyboardInterrupt:  # Ctrl-C while Python is still importing
+        print("rain: interrupted", file=sys.stderr)
+        sys.exit(130)

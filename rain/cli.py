@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+"""Config, data, model (ModelError), output (OutputError) and question errors: each names the value and what to do."""
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -48,11 +48,13 @@ def _trace_parser() -> argparse.ArgumentParser:
 
 def write_trace(path: str, question: str, result) -> Path:
     """The trace page of one search result, written to `path`."""
+    from .fileio import atomic_write_text, check_writable_dir
     from .trace_page import render
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(question, result.trace, result.stats, answer=result.text), encoding="utf-8")
+    check_writable_dir(out.parent)
+    atomic_write_text(out, render(question, result.trace, result.stats, answer=result.text),
+                      what_to_do="pass another path")
     return out
 
 
@@ -66,18 +68,21 @@ def _overrides(parser: argparse.ArgumentParser, argv: list) -> tuple:
 
 def trace_main(argv: list) -> int:
     import rain
-    from .formats import check_question
+    from .formats import check_judge_options, check_question
+    from .loading import NonFiniteLogits, guard_finite_logits
 
     args, rest = _overrides(_trace_parser(), argv)
     try:
         cfg = rain.load_config(args.config, rest + ["search.trace=true"])
         check_question(args.question)
+        check_judge_options(cfg.judge)
         model, tokenizer = rain.load_model(cfg.model)
+        guard_finite_logits(model)
         bar = _bar()
         result = rain.rain_generate(model, tokenizer, args.question, cfg, progress=lambda stats, text: bar.update(1))
         bar.close()
         out = write_trace(args.out, args.question, result)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, NonFiniteLogits) as err:
         print(f"rain trace: error: {err}", file=sys.stderr)
         return 2
     print(f"RAIN: {result.text}")
@@ -129,10 +134,14 @@ def _print_answer(question: str, result, vanilla, as_json: bool) -> None:
 def generate_main(argv: list) -> int:
     import rain
     from .decoding import generate_many
-    from .formats import check_question
+    from .fileio import plain_warnings
+    from .formats import check_judge_options, check_question
+    from .loading import NonFiniteLogits, guard_finite_logits
 
     parser = _generate_parser()
     args, rest = _overrides(parser, argv)
+    plain_warnings("rain")
+    failed = 0
     try:
         questions = _questions(args, parser)
         if args.trace and len(questions) > 1:
@@ -140,7 +149,9 @@ def generate_main(argv: list) -> int:
         cfg = rain.load_config(args.config, rest + (["search.trace=true"] if args.trace else []))
         for question in questions:
             check_question(question)
+        check_judge_options(cfg.judge)
         model, tokenizer = rain.load_model(cfg.model)
+        guard_finite_logits(model)
         searcher = rain.Searcher(model, tokenizer, cfg)
         mode = "rain" if args.no_vanilla else "both"
         if len(questions) == 1:
@@ -160,17 +171,20 @@ def generate_main(argv: list) -> int:
             return 0
         jobs = ((i, q, cfg.search.seed + i, mode) for i, q in enumerate(questions))
         for i, out in generate_many(searcher, jobs, batch_size=cfg.run.batch_size):
-            if isinstance(out, BaseException):
-                raise out
+            if isinstance(out, BaseException):  # one question failed: say so, answer the others
+                failed += 1
+                print(f"rain: error: question {i + 1} ({questions[i][:60]!r}) failed: {type(out).__name__}: "
+                      f"{' '.join(str(out).split())[:200]}", file=sys.stderr, flush=True)
+                continue
             _print_answer(questions[i], out["rain"], out["vanilla"], args.json)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, NonFiniteLogits) as err:
         print(f"rain: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if failed else 0
 
 
 def run_main(argv: list) -> int:
-    from .parallel import launcher_main
+    from .parallel import default_config_path, launcher_main
 
     benchmarks = {"hh": "HH", "adv": "adv", "truth": "truth"}
     if not argv or argv[0].lower() not in benchmarks:
@@ -178,7 +192,7 @@ def run_main(argv: list) -> int:
               file=sys.stderr)
         return 2
     bench = benchmarks[argv[0].lower()]
-    return launcher_main(argv[1:], benchmark=bench, default_config=ROOT / "configs" / f"{bench.lower()}.yaml")
+    return launcher_main(argv[1:], benchmark=bench, default_config=default_config_path(bench))
 
 
 def _calibrate_parser() -> argparse.ArgumentParser:
@@ -204,7 +218,10 @@ def calibrate_main(argv: list) -> int:
     from tqdm import tqdm
 
     from .calibrate import CachedJudge, benchmark_sets, calibrate, format_table, judge_identity, make_judge
+    from .config import config_dir
+    from .fileio import atomic_write_text, check_writable_dir
     from .judge.cache import VerdictCache
+    from .judge.config import JudgeError
 
     args, rest = _overrides(_calibrate_parser(), argv)
     try:
@@ -213,9 +230,10 @@ def calibrate_main(argv: list) -> int:
             raise ValueError(f"benchmark must be HH or truth, got {args.benchmark!r}")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        cfg = rain.load_config([ROOT / "configs" / f"{bench.lower()}.yaml"] + args.config, rest)
+        cfg = rain.load_config([config_dir() / f"{bench.lower()}.yaml"] + args.config, rest)
         sets = benchmark_sets(bench, args.data, args.limit)
         out = Path(args.out or f"calibration-{bench.lower()}-{Path(cfg.model.name).name}.json")
+        check_writable_dir(out.parent)  # before any verdict is computed
         cache = VerdictCache(None if args.no_cache else Path(args.cache or out.parent / ".calibrate_cache.jsonl"))
         model, tokenizer = rain.load_model(cfg.model)
         evaluator = make_judge(model, tokenizer, cfg.judge)
@@ -223,12 +241,12 @@ def calibrate_main(argv: list) -> int:
         with tqdm(total=sum(len(cases) for _, cases, _, _ in sets), desc="judging", unit="answer",
                   file=sys.stderr, dynamic_ncols=True, leave=False) as bar:
             report = calibrate(cfg, judge, sets, progress=lambda: bar.update(1))
-    except USER_ERRORS as err:
+        report["cache"] = {"path": None if cache.path is None else str(cache.path), "hits": cache.hits}
+        atomic_write_text(out, json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                          what_to_do="pass --out with a writable folder that has free space (verdicts are cached)")
+    except (*USER_ERRORS, JudgeError) as err:
         print(f"rain calibrate: error: {err}", file=sys.stderr)
         return 2
-    report["cache"] = {"path": None if cache.path is None else str(cache.path), "hits": cache.hits}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(format_table(report))
     print(f"report written to {out}")
     return 0
@@ -251,7 +269,11 @@ def main(argv: Optional[list] = None) -> int:
     if not argv or argv[0] not in commands:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return commands[argv[0]](argv[1:])
+    try:
+        return commands[argv[0]](argv[1:])
+    except KeyboardInterrupt:
+        print("\nrain: interrupted", file=sys.stderr)  # on a line of its own, after any progress bar
+        return 130
 
 
 if __name__ == "__main__":

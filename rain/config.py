@@ -13,6 +13,9 @@ values are parsed as YAML scalars or lists (``segment_lengths=[1,2,4,10]``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -20,12 +23,22 @@ from typing import Any, Optional
 import yaml
 
 PROMPT_FORMATS = ("fewshot", "chat", "vicuna", "llama2chat", "raw")
+MIN_TEMPERATURE = 1e-3
+"""Smallest sampling temperature accepted (already effectively greedy; far below it the scaled logits overflow)."""
+YAML_BOOLEAN_HINT = "YAML reads an unquoted yes/no/on/off/true/false as a boolean: quote it, e.g. [\"Yes\"]"
 JUDGE_FORMATS = ("raw", "chat", "llama2chat")
 
 
 def _check(ok: bool, name: str, rule: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
+        hint = f" ({YAML_BOOLEAN_HINT})" if isinstance(value, bool) and "bool" not in rule else ""
+        raise ValueError(f"{name} must be {rule}, got {shown(value)}{hint}")
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """repr of a value for an error message, cut to `limit` characters (one line: repr escapes newlines)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -49,8 +62,8 @@ class ModelConfig:
         _check(bool(self.name), "model.name", "a non-empty string", self.name)
         _check(self.dtype in ("auto", "float32", "float16", "bfloat16"), "model.dtype",
                "one of auto, float32, float16, bfloat16", self.dtype)
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-               "model.device", "auto, cpu, cuda or cuda:N", self.device)
+        _check(re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device) is not None,
+               "model.device", "auto, cpu, cuda or cuda:N (N a GPU number)", self.device)
         _check(self.device_map in (None, "auto", "balanced", "sequential"), "model.device_map",
                "null, auto, balanced or sequential", self.device_map)
 
@@ -139,13 +152,16 @@ class SearchConfig:
         _check(-1.0 <= self.value_threshold <= 1.0, "search.value_threshold", "in [-1, 1]", self.value_threshold)
         _check(self.c_puct >= 0, "search.c_puct", ">= 0", self.c_puct)
         _check(0.0 <= self.unvisited_value <= 1.0, "search.unvisited_value", "in [0, 1]", self.unvisited_value)
-        _check(len(self.segment_lengths) > 0 and all(isinstance(n, int) and n >= 1 for n in self.segment_lengths),
+        _check(len(self.segment_lengths) > 0 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                                for n in self.segment_lengths),
                "search.segment_lengths", "a non-empty list of integers >= 1", list(self.segment_lengths))
         _check(self.num_candidates >= 1, "search.num_candidates", ">= 1", self.num_candidates)
         _check(self.sample_topk >= 1, "search.sample_topk", ">= 1", self.sample_topk)
         _check(self.sample_attempts >= 0, "search.sample_attempts", ">= 0", self.sample_attempts)
         _check(self.widen_sample_attempts >= 1, "search.widen_sample_attempts", ">= 1", self.widen_sample_attempts)
-        _check(self.temperature > 0, "search.temperature", "> 0", self.temperature)
+        _check(self.temperature >= MIN_TEMPERATURE, "search.temperature",
+               f">= {MIN_TEMPERATURE} (nearer 0, logits / temperature overflow and the sampling "
+               "probabilities become NaN)", self.temperature)
         _check(0.0 <= self.root_prior_mix <= 1.0, "search.root_prior_mix", "in [0, 1]", self.root_prior_mix)
         _check(-1.0 <= self.similarity_threshold <= 1.0, "search.similarity_threshold", "in [-1, 1]",
                self.similarity_threshold)
@@ -188,11 +204,20 @@ class JudgeConfig:
         _check(self.format in JUDGE_FORMATS, "judge.format", ", ".join(JUDGE_FORMATS[:-1]) + " or llama2chat",
                self.format)
         _check(len(self.options_files) >= 1, "judge.options_files", "a non-empty list", list(self.options_files))
+        for name in ("options_files", "good_options", "bad_options"):
+            for index, value in enumerate(getattr(self, name)):
+                hint = f" ({YAML_BOOLEAN_HINT})" if isinstance(value, bool) else ""
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"judge.{name}[{index}] must be a non-empty string, got {value!r}{hint}")
         n = len(self.options_files)
         _check(len(self.good_options) == n, "judge.good_options", f"a list of {n} (one per options file)",
                list(self.good_options))
         _check(len(self.bad_options) == n, "judge.bad_options", f"a list of {n} (one per options file)",
                list(self.bad_options))
+        for index, (good, bad) in enumerate(zip(self.good_options, self.bad_options)):
+            _check(good != bad, f"judge.bad_options[{index}]",
+                   f"different from judge.good_options[{index}] (the same option for good and bad never votes good)",
+                   bad)
         _check(self.conversation in ("dialogue", "qa"), "judge.conversation", "dialogue or qa", self.conversation)
         _check(self.score in ("vote", "probability"), "judge.score", "vote or probability", self.score)
 
@@ -221,6 +246,8 @@ class RunConfig:
     """Shuffle the dataset with this seed before selecting (official: 42); None keeps file order."""
     max_prompt_tokens: int = 512
     """Prompts of this many tokens or more are skipped and recorded with the reason (official: 512)."""
+    retry_errors: bool = False
+    """Answer again the prompts recorded with status 'error' (a failure such as out of memory); False keeps them."""
     batch_size: int = 1
     """Prompts searched at once in one worker, their LM work in shared forward passes (answers do not
     depend on it; 8-16 fills a GPU)."""
@@ -228,6 +255,9 @@ class RunConfig:
     def __post_init__(self):
         _check(self.benchmark in ("HH", "adv", "truth"), "run.benchmark", "HH, adv or truth", self.benchmark)
         _check(self.mode in ("both", "rain", "vanilla"), "run.mode", "both, rain or vanilla", self.mode)
+        _check(self.name is None or (bool(self.name.strip()) and self.name not in (".", "..")
+                                     and not any(c in self.name for c in "/\\\0")),
+               "run.name", "a plain file name (no folder parts; use run.outdir for the folder)", self.name)
         _check(self.start >= 0, "run.start", ">= 0", self.start)
         _check(self.end is None or self.end >= self.start, "run.end", "null or >= run.start", self.end)
         _check(self.limit is None or self.limit >= 0, "run.limit", "null or >= 0", self.limit)
@@ -278,16 +308,20 @@ def merge(base: dict, update: dict) -> dict:
 def from_dict(data: dict, *, source: str = "config") -> RainConfig:
     """Build a RainConfig from nested dicts; unknown sections or fields are an error listing the valid ones."""
     sections = {}
+    if not isinstance(data or {}, dict):
+        raise ValueError(f"{source}: a config must be a mapping of sections, got {shown(data)}")
     for section, values in (data or {}).items():
-        cls = _SECTION_CLASSES.get(section)
+        cls = _SECTION_CLASSES.get(section) if isinstance(section, str) else None
         if cls is None:
-            raise ValueError(f"{source}: unknown section {section!r}; valid sections: {', '.join(_SECTION_CLASSES)}")
+            raise ValueError(f"{source}: unknown section {shown(section)}; valid sections: "
+                             f"{', '.join(_SECTION_CLASSES)}")
+        values = {} if values is None else values  # a section whose fields are all commented out
         if not isinstance(values, dict):
-            raise ValueError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+            raise ValueError(f"{source}: section {section!r} must be a mapping of field: value, got {shown(values)}")
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted((key for key in values if key not in names), key=str)
         if unknown:
-            raise ValueError(f"{source}: unknown key {section}.{unknown[0]}; valid keys: "
+            raise ValueError(f"{source}: unknown key {section}.{str(unknown[0])[:60]}; valid keys: "
                              + ", ".join(f"{section}.{n}" for n in sorted(names)))
         typed = {name: _typed(f"{section}.{name}", _FIELD_TYPES[cls][name], value) for name, value in values.items()}
         sections[section] = cls(**typed)
@@ -302,10 +336,17 @@ def _typed(name: str, annotation: str, value: Any) -> Any:
         _check(optional, name, f"a {base}", value)
         return None
     if base == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if base == "float" and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     expected = {"int": int, "float": float, "str": str, "bool": bool, "tuple": (list, tuple)}[base]
     ok = isinstance(value, expected) and not (base in ("int", "float") and isinstance(value, bool))
     _check(ok, name, f"{'a list' if base == 'tuple' else ('an int' if base == 'int' else 'a ' + base)}", value)
+    if base == "float":
+        _check(math.isfinite(value), name, "a finite number", value)
     return value
 
 
@@ -313,18 +354,30 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     """Read one YAML config, first merging the files listed under ``defaults:``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     if path.resolve() in _seen:
         raise ValueError(f"{path}: 'defaults' includes itself")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {err.start}); a config is YAML text") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a config") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the config file: {err.strerror or err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    data = {key: {} if value is None else value for key, value in data.items()}
+    parents = data.pop("defaults", None) or []
+    parents = [parents] if isinstance(parents, str) else parents
+    if not isinstance(parents, list) or not all(isinstance(name, str) and name for name in parents):
+        raise ValueError(f"{path}: 'defaults' must be a list of config file names, got {shown(parents)}")
     merged: dict = {}
-    for parent in data.pop("defaults", None) or []:
-        merged = merge(merged, read_yaml(path.parent / parent, _seen + (path.resolve(),)))
+    for parent in parents:  # relative to this file, else a shipped config of that name
+        beside = path.parent / parent
+        merged = merge(merged, read_yaml(beside if beside.is_file() else config_path(parent), _seen + (path.resolve(),)))
     return merge(merged, data)
 
 
@@ -343,19 +396,43 @@ def parse_override(text: str) -> dict:
         section, name = owners[0], key
     try:
         value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return {section: {name: value}}
 
 
+def config_dir() -> Path:
+    """The shipped configs: the checkout's top-level configs/ (the folder users edit) when this package runs from
+    a checkout, else the copy installed with the package (rain/configs, package data)."""
+    checkout = Path(__file__).resolve().parents[1] / "configs"
+    if (checkout / "base.yaml").is_file():
+        return checkout
+    return Path(str(importlib.resources.files("rain") / "configs"))
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: the path as given if it exists, else a shipped config of that name
+    ('demo', 'demo.yaml', 'models/llama-7b.yaml'); FileNotFoundError naming both places otherwise."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = config_dir() / path
+    for candidate in (shipped, shipped.with_name(shipped.name + ".yaml")):
+        if not path.is_absolute() and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"config file not found: {name} (looked at {path.resolve()} and among the shipped "
+                            f"configs in {config_dir()})")
+
+
 def load_config(paths: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None) -> RainConfig:
-    """Defaults, then each YAML file in order, then ``key=value`` overrides."""
+    """Defaults, then each YAML file in order (a path, or the name of a shipped config), then ``key=value``
+    overrides."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     data: dict = {}
     sources = []
     for path in paths or []:
-        data = merge(data, read_yaml(path))
+        data = merge(data, read_yaml(config_path(path)))
         sources.append(str(path))
     for text in overrides or []:
         data = merge(data, parse_override(text))

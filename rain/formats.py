@@ -8,11 +8,12 @@ tokenizer, and where prompt template files live. Does not know: models, search o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from .config import PromptConfig
+from .config import JudgeConfig, PromptConfig
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -33,9 +34,38 @@ def prompt_path(name: str) -> Path:
 
 
 def read_prompt(name: str) -> str:
-    """The file's text exactly as written (CRLF line endings are kept)."""
-    with open(prompt_path(name), encoding="utf-8", newline="") as f:
-        return f.read()
+    """The file's text as Python's text mode reads it (as the official code does): universal newlines, so
+    CRLF and CR line endings become "\\n"."""
+    path = prompt_path(name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"prompt file {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ValueError(f"prompt file {path}: cannot be read: {err.strerror or err}") from None
+
+
+OPTION_LABEL = re.compile(r"^[ \t]*\(([^()\s]+)\)", re.MULTILINE)
+"""An option offered by an options block: a line starting with '(A)', '(B)', '(Yes)' ..."""
+
+
+def offered_options(text: str) -> list:
+    """The option labels an options block lists, in order ([] for a bare question such as 'Is it true?')."""
+    return OPTION_LABEL.findall(text)
+
+
+def check_judge_options(judge: JudgeConfig) -> None:
+    """Every good/bad option must be one the options block offers (when it lists any): an option it does not
+    offer can never be the model's choice, and every vote would come out the same. ValueError naming it."""
+    for index, name in enumerate(judge.options_files):
+        offered = offered_options(read_prompt(name))
+        if not offered:
+            continue
+        for field, options in (("good_options", judge.good_options), ("bad_options", judge.bad_options)):
+            if options[index] not in offered:
+                raise ValueError(f"judge.{field}[{index}] is {options[index]!r}, but {name} offers only "
+                                 f"{', '.join(offered)}: that option can never be chosen; use one of those")
 
 
 def _chat(tokenizer, messages: list) -> str:

@@ -10,7 +10,11 @@ round robin; with no GPU they run on CPU and split the cores. A progress bar cou
 prompts over all shards. Every exit code is checked: a failed worker is reported by shard, exit
 code and the tail of its log, the others' results are kept, and the launcher exits non-zero;
 rerunning resumes. When all succeed, the merged JSON is written and its path printed.
-Knows nothing about models or search.
+Faults: one launcher per run at a time (the run lock, rain/runlock.py; workers hold it with the
+launcher and end when it dies); the header is checked (config, prompt fingerprint) only after the
+data has loaded and the cheap model checks have passed; prompts recorded with status 'error'
+are reported with their ids and retried only with --retry-errors; every bad config, data, model
+or output is one line and exit status 2. Knows nothing about models or search.
 """
 
 from __future__ import annotations
@@ -28,9 +32,16 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from rain.config import RainConfig, load_config
-from rain.records import RunPaths, done_ids, merge, repair_shard, run_name, write_or_check_meta
-from rain.tasks import PROJECT_ROOT, load_items
+from rain.config import RainConfig, config_dir, load_config
+from rain.fileio import OutputError, atomic_write_text, check_writable_dir, plain_warnings
+from rain.records import RunPaths, collect, done_ids, merge, repair_shard, run_name, write_or_check_meta
+from rain.runlock import RunLock
+from rain.tasks import PROJECT_ROOT, Item, load_items, load_selection
+
+USER_ERRORS = (ValueError, FileNotFoundError)
+"""What a user's mistake or the environment raises here: DataError, ModelError, OutputError, RunBusy and config
+errors are ValueErrors; every message names the file, line, field or value."""
+WORKER_ERROR = "rain.worker: error: "
 
 LOG_TAIL_LINES = 20
 
@@ -122,16 +133,30 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def check_writable(outdir: Path) -> Optional[str]:
     """None if results can be written under `outdir`, else the reason."""
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"cannot create output folder {outdir}: {err.strerror}"
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        return f"cannot write to output folder {outdir}: permission denied"
+        check_writable_dir(outdir)
+    except OutputError as err:
+        return str(err)
     return None
 
 
+def preflight(cfg: RainConfig, *, answerer: Optional[str]) -> None:
+    """Cheap checks before any worker starts, so that a mistake costs seconds, not a model load per worker:
+    prompt files, judge options and (for the default answerer) that the model can be found and its device
+    exists."""
+    from rain.formats import check_judge_options, read_prompt
+
+    if cfg.prompt.format == "fewshot":
+        read_prompt(cfg.prompt.fewshot_file)
+    read_prompt(cfg.judge.instruction_file)
+    check_judge_options(cfg.judge)
+    if answerer is None:
+        from rain.loading import check_model
+
+        check_model(cfg.model)
+
+
 def _start_workers(cfg: RainConfig, paths: RunPaths, todo: list[int], *, nump: int,
-                   answerer: Optional[str]) -> list[subprocess.Popen]:
+                   answerer: Optional[str], lock: RunLock) -> list[subprocess.Popen]:
     workers = min(nump, len(todo))
     placement = gpu_groups(visible_gpus(), workers)
     print(f"rain: {len(todo)} prompts to answer; {placement.note}", flush=True)
@@ -140,15 +165,18 @@ def _start_workers(cfg: RainConfig, paths: RunPaths, todo: list[int], *, nump: i
               "set model.device_map=auto to spread a large model over the group", flush=True)
     paths.parts.mkdir(parents=True, exist_ok=True)
     config_file, plan_file = paths.parts / "launch-config.json", paths.parts / "launch-plan.json"
-    config_file.write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
-    plan_file.write_text(json.dumps({"ids": todo}), encoding="utf-8")
+    atomic_write_text(config_file, json.dumps(cfg.to_dict(), indent=1))
+    atomic_write_text(plan_file, json.dumps({"ids": todo}))
     procs = []
     for rank, gpus in enumerate(placement.groups):
         command = [sys.executable, "-m", "rain.worker", "--config", str(config_file), "--plan", str(plan_file),
-                   "--rank", str(rank), "--world", str(workers)] + (["--answerer", answerer] if answerer else [])
+                   "--rank", str(rank), "--world", str(workers), "--launcher-pid", str(os.getpid())]
+        command += ["--answerer", answerer] if answerer else []
         log = open(paths.log(rank=rank, world=workers), "a", encoding="utf-8")
+        # The workers get the locked file: the run stays locked until the launcher AND its workers are gone.
         procs.append(subprocess.Popen(command, env=worker_env(dict(os.environ), gpus=gpus, workers=workers),
-                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      pass_fds=(lock.fileno(),)))
         log.close()
     return procs
 
@@ -167,21 +195,41 @@ def _wait(procs: list[subprocess.Popen], paths: RunPaths, *, total: int, done: i
 
 
 def _report_failures(codes: list[int], paths: RunPaths) -> int:
+    """Say which workers failed; returns the launcher's exit status (0: none failed, 2: every failure was a
+    bad config, data, model or output, reported as its one line; else 1)."""
     failed = [(rank, code) for rank, code in enumerate(codes) if code != 0]
+    user_errors = {}
     for rank, code in failed:
         log = paths.log(rank=rank, world=len(codes))
+        message = _worker_error(log) if code == 2 else None
+        if message is not None:
+            user_errors.setdefault(message, []).append(rank)
+            continue
         print(f"rain: shard {rank} of {len(codes)} failed with exit code {code}; last lines of {log}:\n"
               f"{log_tail(log)}\n", file=sys.stderr, flush=True)
+    for message, ranks in user_errors.items():
+        print(f"rain: error: {message}", file=sys.stderr, flush=True)
     if failed:
         print(f"rain: {len(failed)} of {len(codes)} workers failed; the other results are kept in {paths.parts}; "
               "rerun the same command to resume", file=sys.stderr, flush=True)
-    return len(failed)
+    if not failed:
+        return 0
+    return 2 if sum(len(ranks) for ranks in user_errors.values()) == len(failed) else 1
 
 
-def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: int, nump: int,
-                 answerer: Optional[str], poll_s: float) -> int:
+def _worker_error(log: Path) -> Optional[str]:
+    """The one-line error a worker printed before exiting with status 2, if any."""
+    if not log.exists():
+        return None
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+             if line.startswith(WORKER_ERROR)]
+    return lines[-1][len(WORKER_ERROR):] if lines else None
+
+
+def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, items: list[Item], total: int, nump: int,
+                 answerer: Optional[str], poll_s: float, lock: RunLock) -> int:
     """Start the workers on the unfinished prompts and check them; returns the exit status (0: all done)."""
-    procs = _start_workers(cfg, paths, todo, nump=nump, answerer=answerer)
+    procs = _start_workers(cfg, paths, todo, nump=nump, answerer=answerer, lock=lock)
     # A launcher stopped with SIGTERM stops its workers too (no orphans writing to the shards).
     previous = signal.signal(signal.SIGTERM, lambda *_: [proc.terminate() for proc in procs])
     try:
@@ -194,9 +242,10 @@ def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: in
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if _report_failures(codes, paths):
-        return 1
-    missing = sorted(set(todo) - done_ids(paths))
+    status = _report_failures(codes, paths)
+    if status:
+        return status
+    missing = sorted(set(todo) - done_ids(paths, items, retry_errors=False))
     if missing:
         print(f"rain: the workers exited normally but {len(missing)} prompts have no record (first ids: "
               f"{missing[:5]}); rerun the same command to answer them", file=sys.stderr)
@@ -205,29 +254,57 @@ def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: in
 
 
 def launch(cfg: RainConfig, *, nump: int, answerer: Optional[str] = None, poll_s: float = 1.0) -> int:
-    """Run the benchmark described by `cfg` on `nump` workers; returns the exit status (0: merged)."""
+    """Run the benchmark described by `cfg` on `nump` workers; returns the exit status (0: merged, every prompt
+    answered or skipped; 1: a worker failed or prompts are recorded as errors; 2: a bad config, data file,
+    model or output, or another launcher on this run)."""
     paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
-    problem = f"--nump must be >= 1, got {nump}" if nump < 1 else check_writable(paths.outdir)
-    if problem:
-        print(f"rain: {problem}", file=sys.stderr)
+    try:
+        if nump < 1:
+            raise ValueError(f"--nump must be >= 1, got {nump}")
+        check_writable_dir(paths.outdir)
+        with RunLock(paths.lock) as lock:
+            return _launch_locked(cfg, paths, nump=nump, answerer=answerer, poll_s=poll_s, lock=lock)
+    except USER_ERRORS as err:
+        print(f"rain: error: {err}", file=sys.stderr, flush=True)
         return 2
+
+
+def _launch_locked(cfg: RainConfig, paths: RunPaths, *, nump: int, answerer: Optional[str], poll_s: float,
+                   lock: RunLock) -> int:
     from rain.worker import hardware
 
-    write_or_check_meta(paths, cfg, hardware=hardware())
-    ids = [item.id for item in load_items(cfg.run)]
+    selection = load_selection(cfg.run)  # before the header: a data error leaves no trace of the run
+    preflight(cfg, answerer=answerer)
+    note = write_or_check_meta(paths, cfg, hardware=hardware(), selection=selection)
+    if note:
+        print(f"rain: note: {note}", flush=True)
+    items = selection.items
     for shard in paths.shard_files():  # no worker runs yet: cut broken last lines (with a warning) once
         repair_shard(shard)
-    finished = done_ids(paths)
-    todo = [i for i in ids if i not in finished]
+    finished = done_ids(paths, items, retry_errors=cfg.run.retry_errors)
+    todo = [item.id for item in items if item.id not in finished]
     if not todo:
-        print(f"rain: all {len(ids)} prompts are already answered", flush=True)
-    status = _answer_todo(cfg, paths, todo, total=len(ids), nump=nump, answerer=answerer,
-                          poll_s=poll_s) if todo else 0
+        print(f"rain: all {len(items)} prompts are already answered", flush=True)
+    status = _answer_todo(cfg, paths, todo, items=items, total=len(items), nump=nump, answerer=answerer,
+                          poll_s=poll_s, lock=lock) if todo else 0
     if status:
         return status
-    merged = merge(paths, ids=ids)
-    print(f"rain: merged {len(ids)} records into {merged}", flush=True)
-    return 0
+    merged = merge(paths, items=items)
+    print(f"rain: merged {len(items)} records into {merged}", flush=True)
+    return _report_errors(collect(paths, items=items))
+
+
+def _report_errors(records: list[dict]) -> int:
+    """Exit status 1, with the ids and the first reasons, when prompts are recorded as errors."""
+    errors = [record for record in records if record.get("status") == "error"]
+    if not errors:
+        return 0
+    reasons = sorted({record.get("reason", "?") for record in errors})
+    print(f"rain: {len(errors)} of {len(records)} prompts failed and are recorded with status 'error' (ids "
+          f"{', '.join(str(r['id']) for r in errors[:10])}{', ...' if len(errors) > 10 else ''}; "
+          f"{'reason' if len(reasons) == 1 else 'reasons'}: {'; '.join(reasons[:3])}); they are left out of the "
+          "scores; rerun with --retry-errors to try them again", file=sys.stderr, flush=True)
+    return 1
 
 
 # ----------------------------------------------------------------------------- command line
@@ -249,6 +326,8 @@ def launcher_parser(benchmark: str) -> argparse.ArgumentParser:
     parser.add_argument("--end", "--e", type=int, help="one past the last prompt id (run.end)")
     parser.add_argument("--limit", type=int, help="at most this many prompts (run.limit)")
     parser.add_argument("--merge-only", action="store_true", help="only merge the finished shards")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="answer again the prompts recorded with status 'error' (run.retry_errors)")
     parser.add_argument("--answerer", help="module:function making the per-prompt answer function "
                                            "(default: rain.worker.default_answerer)")
     return parser
@@ -263,6 +342,7 @@ def resolve_config(args: argparse.Namespace, overrides: list[str], *, benchmark:
     """Default config, then --config files, then key=value overrides, then the named flags."""
     flags = [f"{key}={json.dumps(getattr(args, name))}" for name, key in _FLAG_KEYS.items()
              if getattr(args, name) is not None]
+    flags += ["run.retry_errors=true"] if getattr(args, "retry_errors", False) else []
     cfg = load_config([default_config] + args.config, overrides + flags)
     if cfg.run.benchmark != benchmark:
         raise ValueError(f"this launcher runs run.benchmark={benchmark}, but the config sets "
@@ -277,14 +357,22 @@ def launcher_main(argv: Optional[list[str]] = None, *, benchmark: str, default_c
     bad = [text for text in rest if "=" not in text]
     if bad:
         parser.error(f"unrecognised arguments: {' '.join(bad)} (config overrides look like --section.field=value)")
+    plain_warnings("rain")
     try:
         cfg = resolve_config(args, rest, benchmark=benchmark, default_config=default_config)
         if args.merge_only:
             paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
-            print(f"rain: merged into {merge(paths, ids=[item.id for item in load_items(cfg.run)])}")
+            print(f"rain: merged into {merge(paths, items=load_items(cfg.run))}")
             return 0
         return launch(cfg, nump=args.nump, answerer=args.answerer)
-    except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError; config errors name the value
+    except USER_ERRORS as err:  # DataError is a ValueError; config errors name the value
         print(f"rain: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the workers start (while loading data, say)
+        print("rain: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
+
+def default_config_path(benchmark: str) -> Path:
+    """The benchmark's shipped config (configs/hh.yaml, ...), in a checkout or an installed package."""
+    return config_dir() / f"{benchmark.lower()}.yaml"

@@ -5,11 +5,17 @@ Knows: file layout of a run under ``<outdir>``:
   ``<name>.meta.json``       the run header: benchmark, model, resolved config, versions, hardware
   ``<name>.parts/``          ``shard-R-of-W.jsonl`` (one JSON object per finished prompt, appended and
                              flushed at once) and ``shard-R-of-W.log`` (the worker's output)
+  ``<name>.lock``            the run lock (rain/runlock.py)
 A record carries the official fields (``question`` = full model prompt, ``raina``, ``pa``; truth
-adds ``best_answer``, ``source``) plus ``id``, ``prompt``, ``seed``, ``stats``, ``status``.
-Resume reads every shard of the run, whatever the number of workers that wrote it: a record is
-finished once its line is complete; a broken last line (a crash mid-write) is ignored with a
-warning and that prompt is redone. Does not know: models, search, sharding.
+adds ``best_answer``, ``source``) plus ``id``, ``prompt``, ``seed``, ``stats``, ``status`` (ok,
+skipped with a ``reason``, or error with a ``reason``) and ``key``, the fingerprint of the prompt's
+content. Resume reads every shard of the run, whatever the number of workers that wrote it: a
+prompt is finished once a complete line holds a record with its id AND its key (a record of other
+text at that id, left by a changed data file, never counts); a broken last line (a crash
+mid-write) is ignored with a warning and that prompt is redone. Error records count as finished
+unless ``run.retry_errors`` asks for another try; the merge prefers an ok or skipped record to an
+error one. The header holds the fingerprint of the whole prompt list, so a changed data file is
+caught before any work. Does not know: models, search, sharding.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
-from rain.tasks import Item
+from rain.fileio import OutputError, atomic_write_text, describe
+from rain.tasks import Item, Selection
 
-# Fields that may change between runs sharing one output name (selection, location, batching: not answers).
-_SELECTION_FIELDS = ("start", "end", "limit", "outdir", "name", "batch_size")
+# Fields that may change between runs sharing one output name (selection, location, batching, retries: not answers).
+_SELECTION_FIELDS = ("start", "end", "limit", "outdir", "name", "batch_size", "retry_errors")
+STATUS_RANK = {"ok": 0, "skipped": 0, "error": 1}
+"""Which record the merge keeps when a prompt has several: the lowest rank, then the first written."""
 
 
 # ----------------------------------------------------------------------------- schema
@@ -44,13 +53,38 @@ def ok_record(item: Item, *, question: str, seed: int, rain=None, vanilla=None) 
     raina, rain_stats = _answer(rain)
     pa, vanilla_stats = _answer(vanilla)
     return {"id": item.id, "question": question, "prompt": item.prompt, "raina": raina, "pa": pa, "seed": seed,
-            "stats": {"rain": rain_stats, "vanilla": vanilla_stats}, "status": "ok", **item.extra}
+            "stats": {"rain": rain_stats, "vanilla": vanilla_stats}, "status": "ok", **item.extra, "key": item.key}
 
 
 def skipped_record(item: Item, *, question: str, seed: int, reason: str) -> dict:
     """A prompt that was not answered (e.g. too long), with the reason."""
     return {"id": item.id, "question": question, "prompt": item.prompt, "raina": None, "pa": None, "seed": seed,
-            "stats": {"rain": None, "vanilla": None}, "status": "skipped", "reason": reason, **item.extra}
+            "stats": {"rain": None, "vanilla": None}, "status": "skipped", "reason": reason, **item.extra,
+            "key": item.key}
+
+
+def error_record(item: Item, *, seed: int, error: BaseException) -> dict:
+    """A prompt whose answer failed (tokenizer error, out of memory, NaN probabilities ...), with the reason.
+    It counts as finished: a rerun tries it again only with run.retry_errors (--retry-errors)."""
+    return {"id": item.id, "question": None, "prompt": item.prompt, "raina": None, "pa": None, "seed": seed,
+            "stats": {"rain": None, "vanilla": None}, "status": "error", "reason": error_reason(error),
+            **item.extra, "key": item.key}
+
+
+def error_reason(error: BaseException, limit: int = 300) -> str:
+    """'ExceptionType: first line of its message', cut to `limit` characters."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def matches(record: dict, item: Item) -> bool:
+    """Whether `record` answers `item`: same id and same content (records older than content keys: same prompt)."""
+    if record.get("id") != item.id:
+        return False
+    if "key" in record:
+        return record["key"] == item.key
+    return record.get("prompt") == item.prompt
 
 
 # ----------------------------------------------------------------------------- layout
@@ -76,6 +110,10 @@ class RunPaths:
 
     def shard(self, *, rank: int, world: int) -> Path:
         return self.parts / f"shard-{rank:03d}-of-{world:03d}.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.outdir / f"{self.name}.lock"
 
     def log(self, *, rank: int, world: int) -> Path:
         return self.parts / f"shard-{rank:03d}-of-{world:03d}.log"
@@ -112,7 +150,8 @@ def _complete_lines(path: Path) -> tuple[list[dict], int]:
             if record is None:
                 if not is_last and finished:
                     raise ValueError(f"{path}, line {number}: not a JSON record with an integer 'id'; the shard "
-                                     "file is damaged before its last line")
+                                     "file is damaged before its last line: delete that line (the prompt is answered "
+                                     "again) and rerun")
                 warnings.warn(f"{path}, line {number}: broken last line (a crash mid-write?) ignored; that "
                               "prompt will be redone", stacklevel=3)
                 break
@@ -147,9 +186,18 @@ def repair_shard(path: Path) -> None:
             handle.truncate(good_end)
 
 
-def done_ids(paths: RunPaths) -> set[int]:
-    """Ids of every prompt finished in any shard of the run."""
-    return {record["id"] for path in paths.shard_files() for record in read_shard(path)}
+def done_ids(paths: RunPaths, items: Optional[list[Item]] = None, *, retry_errors: bool = False) -> set[int]:
+    """Ids of the prompts finished in any shard of the run. With `items`, only records matching their item's
+    content count; with `retry_errors`, error records do not count."""
+    by_id = None if items is None else {item.id: item for item in items}
+    done = set()
+    for path in paths.shard_files():
+        for record in read_shard(path):
+            if retry_errors and record.get("status") == "error":
+                continue
+            if by_id is None or (record["id"] in by_id and matches(record, by_id[record["id"]])):
+                done.add(record["id"])
+    return done
 
 
 class ShardWriter:
@@ -162,12 +210,20 @@ class ShardWriter:
         self._handle = open(path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as err:  # a full disk: a torn last line, if any, is cut when the run resumes
+            raise OutputError(f"cannot append a record to {self.path}: {describe(err)}; free space and rerun the "
+                              "same command (finished records are kept)") from None
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError:
+            pass  # the error was reported by append
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -178,27 +234,39 @@ class ShardWriter:
 
 # ----------------------------------------------------------------------------- merge and header
 
-def collect(paths: RunPaths, *, ids: Optional[list[int]] = None) -> list[dict]:
-    """Finished records ordered by id (first occurrence wins), restricted to `ids` when given."""
+def collect(paths: RunPaths, *, ids: Optional[list[int]] = None, items: Optional[list[Item]] = None) -> list[dict]:
+    """One finished record per prompt, ordered by id: an ok or skipped record before an error one, then the first
+    written. Restricted to `ids`, or to `items` (then a record must also match its item's content)."""
+    by_item = None if items is None else {item.id: item for item in items}
     wanted = None if ids is None else set(ids)
     by_id: dict[int, dict] = {}
     for path in paths.shard_files():
         for record in read_shard(path):
-            if (wanted is None or record["id"] in wanted) and record["id"] not in by_id:
-                by_id[record["id"]] = record
+            i = record["id"]
+            if wanted is not None and i not in wanted:
+                continue
+            if by_item is not None and (i not in by_item or not matches(record, by_item[i])):
+                continue
+            if i not in by_id or _rank(record) < _rank(by_id[i]):
+                by_id[i] = record
     return [by_id[i] for i in sorted(by_id)]
 
 
-def _write_json(path: Path, data) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _rank(record: dict) -> int:
+    return STATUS_RANK.get(record.get("status", "ok"), 0)
 
 
-def merge(paths: RunPaths, *, ids: Optional[list[int]] = None) -> Path:
-    """Write ``<name>.json``: the finished records (of `ids`, if given) as a JSON list ordered by id."""
-    _write_json(paths.merged, collect(paths, ids=ids))
+def _write_json(path: Path, data, *, what_to_do: str = "free disk space or fix the folder's permissions, "
+                                                           "then rerun") -> None:
+    """Write JSON atomically (temporary file, then rename); OutputError, with no temporary file left, on failure."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n", what_to_do=what_to_do)
+
+
+def merge(paths: RunPaths, *, ids: Optional[list[int]] = None, items: Optional[list[Item]] = None) -> Path:
+    """Write ``<name>.json``: the finished records (of `ids` or `items`, if given) as a JSON list ordered by id."""
+    _write_json(paths.merged, collect(paths, ids=ids, items=items),
+                what_to_do="free disk space, then merge again with --merge-only (the finished records are safe "
+                           f"in {paths.parts})")
     return paths.merged
 
 
@@ -213,29 +281,87 @@ def versions() -> dict:
     return found
 
 
-def comparable(config: dict) -> dict:
-    """The part of a resolved config that must agree for two runs to share output files."""
-    run = {k: v for k, v in config["run"].items() if k not in _SELECTION_FIELDS}
+def comparable(config: dict, *, content_checked: bool = False) -> dict:
+    """The part of a resolved config that must agree for two runs to share output files (with
+    `content_checked`, the data path may change too: the prompts' fingerprint is compared instead)."""
+    free = _SELECTION_FIELDS + (("data",) if content_checked else ())
+    run = {k: v for k, v in config["run"].items() if k not in free}
     return json.loads(json.dumps({**config, "run": run}))
 
 
-def write_or_check_meta(paths: RunPaths, cfg, *, hardware: dict) -> None:
-    """Write the run header if it is new; if it exists, refuse to mix outputs of a different config."""
+def write_or_check_meta(paths: RunPaths, cfg, *, hardware: dict, selection: Optional[Selection] = None) -> Optional[str]:
+    """Write the run header if it is new; if it exists, refuse to mix outputs of another config or of other
+    prompts. A header whose run never wrote a record (a failed first launch) is replaced. Returns a note for
+    the user, or None."""
     config = json.loads(json.dumps(cfg.to_dict()))
-    if paths.meta.exists():
-        old = json.loads(paths.meta.read_text(encoding="utf-8")).get("config", {})
-        differ = _differences(comparable(old), comparable(config)) if "run" in old else ["config"]
-        if differ:
-            raise ValueError(f"{paths.meta}: these outputs were made with a different config ({', '.join(differ)}); "
-                             "resume with the same config, or pass --name / --outdir for a new run")
-        return
-    paths.outdir.mkdir(parents=True, exist_ok=True)
+    prompts = None if selection is None else {"source": selection.source, "count": len(selection.dataset),
+                                              "fingerprint": selection.fingerprint}
     meta = {"benchmark": cfg.run.benchmark, "model": cfg.model.name, "name": paths.name, "config": config,
-            "versions": versions(), "hardware": hardware, "created": datetime.now(timezone.utc).isoformat()}
-    _write_json(paths.meta, meta)
+            "prompts": prompts, "versions": versions(), "hardware": hardware,
+            "created": datetime.now(timezone.utc).isoformat()}
+    if not paths.meta.exists():
+        paths.outdir.mkdir(parents=True, exist_ok=True)
+        _write_json(paths.meta, meta)
+        return None
+    old = _read_meta(paths.meta)
+    started = any(read_shard(path) for path in paths.shard_files())
+    content_checked = bool(old.get("prompts")) and prompts is not None
+    old_config = old.get("config", {})
+    differ = (_differences(comparable(old_config, content_checked=content_checked),
+                           comparable(config, content_checked=content_checked))
+              if isinstance(old_config, dict) and isinstance(old_config.get("run"), dict) else ["config"])
+    if differ and not started:
+        _write_json(paths.meta, meta)
+        return f"replaced the header of {paths.name}, whose first launch wrote no record ({', '.join(differ)})"
+    if differ:
+        raise ValueError(f"{paths.meta}: these outputs were made with a different config ({', '.join(differ)}); "
+                         "resume with the same config, or pass --name / --outdir for a new run")
+    if not content_checked or old["prompts"].get("fingerprint") == prompts["fingerprint"]:
+        return None
+    if not started:
+        _write_json(paths.meta, meta)
+        return None
+    stale = _stale_ids(paths, selection)
+    was = f"{old['prompts'].get('count')} prompts (from {old['prompts'].get('source')})"
+    now = f"{prompts['count']} (from {prompts['source']})"
+    if stale:
+        raise ValueError(f"{paths.meta}: the prompts changed since this run started: it had {was}, now {now}, and "
+                         f"{len(stale)} finished records belong to prompts that are now different or gone (ids "
+                         f"{_first(stale)}); restore the data file as it was, or start a new run with --name NEW or "
+                         "--outdir DIR")
+    _write_json(paths.meta, {**old, "prompts": prompts,
+                             "prompts_before": old.get("prompts_before", []) + [old["prompts"]]})
+    return (f"the prompts changed since this run started ({was}, now {now}), but every finished record still "
+            "matches its prompt: only the prompts not yet answered will be")
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: the run header is unreadable ({' '.join(str(err).split())[:120]}); restore it, "
+                         "or start a new run with --name NEW or --outdir DIR") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: the run header is not a JSON object; restore it, or start a new run with "
+                         "--name NEW or --outdir DIR")
+    return meta
+
+
+def _stale_ids(paths: RunPaths, selection: Selection) -> list[int]:
+    """Ids of finished records whose prompt is no longer the dataset's prompt at that id."""
+    by_id = {item.id: item for item in selection.dataset}
+    return sorted({record["id"] for path in paths.shard_files() for record in read_shard(path)
+                   if record["id"] not in by_id or not matches(record, by_id[record["id"]])})
+
+
+def _first(ids: list[int], count: int = 5) -> str:
+    return ", ".join(map(str, ids[:count])) + (", ..." if len(ids) > count else "")
 
 
 def _differences(old: dict, new: dict) -> list[str]:
-    return [f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
-            for section, values in new.items() for key, value in values.items()
-            if old.get(section, {}).get(key) != value]
+    def was(section, key):
+        values = old.get(section)
+        return values.get(key) if isinstance(values, dict) else None
+
+    return [f"{section}.{key}: {was(section, key)!r} -> {value!r}"
+            for section, values in new.items() for key, value in values.items() if was(section, key) != value]

@@ -31,8 +31,12 @@ class FakeResult:
 
 def make(cfg):
     fail = {int(i) for i in os.environ.get("FAKE_FAIL_IDS", "").split(",") if i.strip()}
+    crash = {int(i) for i in os.environ.get("FAKE_CRASH_IDS", "").split(",") if i.strip()}
 
     def answer(item):
+        if item.id in crash:
+            print(f"fake crash on prompt id {item.id}", flush=True)
+            os._exit(1)
         if item.id in fail:
             raise RuntimeError(f"fake failure on prompt id {item.id}")
         seed = cfg.search.seed + item.id

@@ -102,7 +102,8 @@ def test_prompt_structure_and_shared_tokens():
     assert list(shared + tails[0]) == whole  # each order is tokenized as one text
 
 
-def test_user_files_with_crlf_are_used_unchanged(tmp_path):
+def test_user_files_with_crlf_are_read_as_text_mode_reads_them(tmp_path):
+    """As the official code reads f2/r1/r2 (text mode, universal newlines): the model sees no carriage return."""
     tok = train_tokenizer("byte")
     (tmp_path / "f2.txt").write_bytes(b"Judge it.\r\nExample one.\r\n")
     (tmp_path / "r1.txt").write_bytes(b"Options:\r\n(A) harmless\r\n(B) harmful\r\nThe answer is: (")
@@ -112,7 +113,7 @@ def test_user_files_with_crlf_are_used_unchanged(tmp_path):
     ev("q?", "a")
     anchor, shared, tails = ev.engine.calls[0]
     text = tok.decode(list(shared + tails[0]))
-    assert text == "Judge it.\r\nExample one.\n\nHuman: q?\nAssistant: a\nOptions:\r\n(A) harmless\r\n(B) harmful\r\nThe answer is: ("
+    assert text == "Judge it.\nExample one.\n\nHuman: q?\nAssistant: a\nOptions:\n(A) harmless\n(B) harmful\nThe answer is: ("
 
 
 def test_chat_judge_wraps_in_the_template_and_opens_the_assistant_turn():

@@ -25,6 +25,7 @@ def fake_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.delenv("FAKE_FAIL_IDS", raising=False)
+    monkeypatch.delenv("FAKE_CRASH_IDS", raising=False)
 
 
 def hh_file(path: Path, n: int) -> Path:
@@ -119,13 +120,13 @@ def test_each_worker_process_sees_only_its_gpu_group(tmp_path, fake_env, monkeyp
 def test_failed_worker_is_reported_others_kept_and_rerun_resumes(tmp_path, fake_env, monkeypatch, capsys):
     cfg = config(tmp_path)
     paths = RunPaths(tmp_path / "out", "t")
-    monkeypatch.setenv("FAKE_FAIL_IDS", "3")  # worker 1 of 2 gets ids 1, 3, 5 and dies on 3
+    monkeypatch.setenv("FAKE_CRASH_IDS", "3")  # worker 1 of 2 gets ids 1, 3, 5 and dies on 3
     assert launch(cfg, nump=2, answerer="fake_answerer:make", poll_s=0.05) == 1
     err = capsys.readouterr().err
-    assert "shard 1 of 2 failed with exit code 1" in err and "fake failure on prompt id 3" in err
+    assert "shard 1 of 2 failed with exit code 1" in err and "fake crash on prompt id 3" in err
     assert not paths.merged.exists()
     assert sorted(r["id"] for r in lines(paths)) == [0, 1, 2, 4, 6]
-    monkeypatch.delenv("FAKE_FAIL_IDS")
+    monkeypatch.delenv("FAKE_CRASH_IDS")
     assert launch(cfg, nump=2, answerer="fake_answerer:make", poll_s=0.05) == 0
     assert sorted(r["id"] for r in lines(paths)) == list(range(7))  # 3 and 5 redone, nothing duplicated
     assert "2 prompts to answer" in capsys.readouterr().out

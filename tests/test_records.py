@@ -38,7 +38,7 @@ def test_ok_record_has_the_official_and_added_fields():
     assert rec == {"id": 7, "question": "[INST] Is it true? [/INST]", "prompt": "Is it true?", "raina": "A", "pa": "B",
                    "seed": 7, "stats": {"rain": {"seconds": 1.5, "new_tokens": 4},
                                         "vanilla": {"seconds": 1.5, "new_tokens": 4}},
-                   "status": "ok", "best_answer": "Yes", "source": "s"}
+                   "status": "ok", "best_answer": "Yes", "source": "s", "key": item.key}
     assert ok_record(item, question="q", seed=7, vanilla=Result("B"))["raina"] is None  # vanilla-only mode
 
 
@@ -101,6 +101,8 @@ def test_meta_header_records_config_versions_hardware_and_refuses_another_config
     assert set(meta) >= {"benchmark", "model", "config", "versions", "hardware", "created"}
     assert meta["config"]["search"]["max_iterations"] == 50 and meta["versions"]["python"]
     write_or_check_meta(paths, cfg.replace(run={"limit": 5}), hardware={})  # selection may change
+    with ShardWriter(paths.shard(rank=0, world=1)) as writer:  # the run has started: its config is fixed
+        writer.append(record(0))
     with pytest.raises(ValueError, match=r"different config \(search.max_iterations: 50 -> 3\)"):
         write_or_check_meta(paths, cfg.replace(search={"max_iterations": 3}), hardware={})
 

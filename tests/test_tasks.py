@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rain.config import RunConfig
-from rain.tasks import DataError, first_human_turn, load_dataset_items, load_items, shuffled_order
+from rain.tasks import DataError, DataWarning, first_human_turn, load_dataset_items, load_items, shuffled_order
 
 TRUTH_COLUMNS = ["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"]
 
@@ -96,7 +96,8 @@ def test_adv_official_json_prompt_is_goal_space_controls(tmp_path):
 def test_adv_advbench_csv_is_the_goal_without_suffix(tmp_path):
     path = tmp_path / "harmful_behaviors.csv"
     path.write_text('goal,target\nDo harm,"Sure, here is how"\n')
-    item = load_items(RunConfig(benchmark="adv", data=str(path), shuffle_seed=None))[0]
+    with pytest.warns(DataWarning, match="none of the 1 adv rows has 'controls'"):
+        item = load_items(RunConfig(benchmark="adv", data=str(path), shuffle_seed=None))[0]
     assert item.prompt == "Do harm" and item.extra["target"] == "Sure, here is how"
 
 
@@ -175,8 +176,9 @@ def test_real_hh_rlhf_harmless_base(shared_data):
 
 
 def test_real_advbench_csv(shared_data):
-    items = load_items(RunConfig(benchmark="adv", data=str(shared_data / "advbench" / "harmful_behaviors.csv"),
-                                 shuffle_seed=None))
+    with pytest.warns(DataWarning, match="none of the 520 adv rows has 'controls'"):
+        items = load_items(RunConfig(benchmark="adv", data=str(shared_data / "advbench" / "harmful_behaviors.csv"),
+                                     shuffle_seed=None))
     assert len(items) == 520 and items[0].prompt.startswith("Write a script that can exploit vulnerabilities")
 
 

@@ -18,6 +18,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from rain.judge.config import JudgeError
+
 RAW_KEEP_CHARS = 2000
 
 
@@ -36,8 +38,13 @@ class VerdictCache:
         self._entries: dict[str, dict] = {}
         self._lock = threading.Lock()
         if path is not None and path.exists():
-            _drop_torn_tail(path)
-            self._entries = load_entries(path)
+            try:
+                _drop_torn_tail(path)
+                self._entries = load_entries(path)
+            except (OSError, UnicodeDecodeError) as err:
+                reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+                raise JudgeError(f"cannot read the judge cache {path} ({reason}): pass --cache with another path, "
+                                 "or --no-cache") from None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,11 +66,15 @@ class VerdictCache:
             self._entries[entry["key"]] = entry
             if self.path is None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as err:
+                raise JudgeError(f"cannot write the judge cache {self.path}: {err.strerror or err}; pass --cache "
+                                 "PATH in a writable folder with free space (verdicts cached so far are kept)") from None
 
 
 def load_entries(path: Path) -> dict[str, dict]:

@@ -54,7 +54,7 @@ def report_main(argv: list[str]) -> int:
     args = _report_parser().parse_args(argv)
     try:
         written = write_report([Path(p) for p in args.inputs], out_dir=Path(args.out), plot=not args.no_plot)
-    except JudgeError as err:
+    except (JudgeError, ValueError) as err:
         print(f"rain report: error: {err}", file=sys.stderr)
         return 2
     print(written.read_text(encoding="utf-8"))
@@ -66,7 +66,9 @@ def _judge_one(path: Path, *, args: argparse.Namespace) -> None:
     results = load_results(path, benchmark=args.benchmark)
     if args.model_label:
         results = replace(results, model=args.model_label)
-    cache = _open_cache(None if args.no_cache else Path(args.cache or path.parent / ".judge_cache.jsonl"))
+    cache_path = None if args.no_cache else Path(args.cache or path.parent / ".judge_cache.jsonl")
+    _check_writable(path, cache_path)  # before any verdict is paid for
+    cache = _open_cache(cache_path)
     plan = build_plan(results, args=args, cache=cache)
     started = time.perf_counter()
     scored = score_results(results, plan=plan)
@@ -77,6 +79,22 @@ def _judge_one(path: Path, *, args: argparse.Namespace) -> None:
     if not args.quiet:
         print(format_summary(summary))
         print(f"wrote {scored_path(path)} and {summary_path(path)}")
+
+
+def _check_writable(results: Path, cache: Path | None) -> None:
+    """The scored file, the summary and the cache can be written (checked before asking any judge)."""
+    from rain.fileio import OutputError, check_writable_dir
+
+    try:
+        check_writable_dir(scored_path(results).parent)
+    except OutputError as err:
+        raise JudgeError(f"{err}: the scores are written beside {results.name}; copy it (and its .meta.json) to "
+                         "a writable folder and judge it there") from None
+    if cache is not None:
+        try:
+            check_writable_dir(cache.parent)
+        except OutputError as err:
+            raise JudgeError(f"{err}: pass --cache PATH in a writable folder, or --no-cache") from None
 
 
 def _open_cache(path: Path | None) -> VerdictCache:

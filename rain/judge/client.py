@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +77,7 @@ class OpenAIChatClient:
         self.name = config.judge_id
         self.usage = Usage()
         self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._shown_url = shown_url(self._url)  # for messages: no user:password@, no query (keys hide there)
         key = config.api_key()
         # without a key no Authorization header is sent (the client wants some key string to be built)
         self._client = openai.OpenAI(base_url=config.base_url, api_key=key or "no-key", max_retries=0,
@@ -103,7 +105,7 @@ class OpenAIChatClient:
                     temperature=self.config.temperature, extra_headers=self._extra_headers)
             except openai.APIStatusError as err:
                 if err.status_code not in RETRYABLE_STATUS:
-                    raise JudgeError(_http_error_line(self._url, err)) from None
+                    raise JudgeError(_http_error_line(self._shown_url, err)) from None
                 last_problem = f"HTTP {err.status_code}"
                 self._backoff(attempt, retry_after=err.response.headers.get("retry-after"))
                 continue
@@ -113,18 +115,18 @@ class OpenAIChatClient:
                 continue
             return self._reply_from(payload)
         raise JudgeError(
-            f"cannot get a reply from the judge at {self._url} after {self.config.max_retries + 1} tries "
+            f"cannot get a reply from the judge at {self._shown_url} after {self.config.max_retries + 1} tries "
             f"({last_problem}): check --base-url, that the server is up, or raise --max-retries"
         )
 
     def _reply_from(self, payload) -> ChatReply:
         if isinstance(payload, str):  # a 200 that was not JSON
-            raise JudgeError(f"the judge at {self._url} did not answer with JSON: is --base-url an "
+            raise JudgeError(f"the judge at {self._shown_url} did not answer with JSON: is --base-url an "
                              f"OpenAI-compatible endpoint (usually ending in /v1)?")
         choices = getattr(payload, "choices", None)
         message = getattr(choices[0], "message", None) if choices else None
         if message is None:
-            raise JudgeError(f"the judge at {self._url} sent a reply without choices[0].message.content: "
+            raise JudgeError(f"the judge at {self._shown_url} sent a reply without choices[0].message.content: "
                              f"is it a chat-completions endpoint?")
         usage = payload.usage
         reply = ChatReply(text=message.content or "", tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
@@ -137,6 +139,12 @@ class OpenAIChatClient:
             return
         self._sleep(backoff_delay(attempt=attempt, base_s=self.config.backoff_base_s,
                                   max_s=self.config.backoff_max_s, retry_after=retry_after, rng=self._rng))
+
+
+def shown_url(url: str) -> str:
+    """`url` without credentials: user:password@ and the query string are dropped."""
+    parsed = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[-1], query="", fragment=""))
 
 
 def backoff_delay(*, attempt: int, base_s: float, max_s: float, retry_after: str | None,

@@ -55,7 +55,8 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         parsed = urlparse(self.base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+            shown = parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[-1], query="").geturl()
+            raise ValueError(f"base_url must be an http(s) URL, got {shown!r}")
         if not self.model:
             raise ValueError(f"model must be a non-empty name, got {self.model!r}")
         if not self.api_key_env.isidentifier():
@@ -77,7 +78,7 @@ class JudgeConfig:
         """Identity of the judge for cache keys and summaries: model name at endpoint (any user:password@ dropped)."""
         parsed = urlparse(self.base_url.rstrip("/"))
         netloc = parsed.netloc.rsplit("@", 1)[-1]
-        return f"{self.model}@{parsed._replace(netloc=netloc).geturl()}"
+        return f"{self.model}@{parsed._replace(netloc=netloc, query='', fragment='').geturl()}"
 
     def api_key(self) -> str | None:
         """The key from the environment, None when `require_key` is off; JudgeError when missing."""

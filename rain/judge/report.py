@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rain.fileio import OutputError, atomic_write_text, check_writable_dir
 from rain.judge.config import JudgeError
 from rain.judge.results import summary_path
 
@@ -55,6 +56,11 @@ def load_summaries(paths: list[Path]) -> list[dict]:
             raise JudgeError(f"{path} is not a readable summary JSON: rerun `rain judge` on its results") from None
         if not isinstance(summary, dict) or "rates" not in summary or "benchmark" not in summary:
             raise JudgeError(f"{path} is not a `rain judge` summary (no 'rates'/'benchmark'): rerun `rain judge`")
+        rates = summary["rates"]
+        if (summary["benchmark"] not in _COLUMNS or not isinstance(rates, dict)
+                or not all(isinstance(r, dict) and all(isinstance(v, dict) for v in r.values()) for r in rates.values())
+                or not isinstance(summary.get("time", {}), dict)):
+            raise JudgeError(f"{path} is a damaged `rain judge` summary (benchmark, rates or time): rerun `rain judge`")
         summaries.append(summary)
     return summaries
 
@@ -152,8 +158,18 @@ def render_report(summaries: list[dict], *, plot_file: str | None) -> str:
 def write_report(inputs: list[Path], *, out_dir: Path, plot: bool = True) -> Path:
     """Write `report.md` (and the HH PNG when HH summaries allow) into `out_dir`; returns the .md path."""
     summaries = load_summaries(find_summaries(inputs))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = plot and plot_hh(summaries, path=out_dir / PLOT_NAME)
-    report = out_dir / "report.md"
-    report.write_text(render_report(summaries, plot_file=PLOT_NAME if drawn else None), encoding="utf-8")
+    what_to_do = "pass --out with a writable folder that has free space"
+    try:
+        check_writable_dir(out_dir)
+        drawn = plot and plot_hh(summaries, path=out_dir / PLOT_NAME)
+        report = out_dir / "report.md"
+        text = render_report(summaries, plot_file=PLOT_NAME if drawn else None)
+        atomic_write_text(report, text, what_to_do=what_to_do)
+    except OutputError as err:
+        raise JudgeError(f"{err}; {what_to_do}" if "--out" not in str(err) else str(err)) from None
+    except OSError as err:  # the plot
+        raise JudgeError(f"cannot write the report in {out_dir}: {err.strerror or err}; {what_to_do}") from None
+    except (KeyError, TypeError, ValueError) as err:  # a summary edited by hand or from another version
+        raise JudgeError(f"a summary among {', '.join(map(str, inputs))} is damaged ({type(err).__name__}: {err}): "
+                         "rerun `rain judge` on its results") from None
     return report

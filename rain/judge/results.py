@@ -33,8 +33,12 @@ class Results:
     records: tuple[dict, ...]
     """Records with status "ok" (or no status), each with an int "id" and a "prompt"."""
     n_skipped: int
+    """Records not answered on purpose (status "skipped", e.g. too long) or because answering failed
+    (status "error"); neither is scored."""
     kinds: tuple[str, ...]
     """Answer kinds present in at least one record ("raina", "pa")."""
+    n_errors: int = 0
+    """Of n_skipped, the records whose answering failed (status "error")."""
 
 
 def meta_path(results_path: Path) -> Path:
@@ -68,23 +72,43 @@ def load_results(path: Path, *, benchmark: str | None = None) -> Results:
                          f"{type(raw).__name__}); pass the merged <outdir>/<name>.json of a run")
     meta = _read_json(meta_path(path)) if meta_path(path).exists() else {}
     records = [_normalise(record, index=i, path=path) for i, record in enumerate(raw)]
+    _check_unique_ids(records, path=path)
     detected = _detect_benchmark(meta=meta, records=records, flag=benchmark, path=path)
-    ok = tuple(r for r in records if r.get("status", "ok") != "skipped")
+    ok = tuple(r for r in records if r.get("status", "ok") not in ("skipped", "error"))
+    n_errors = sum(r.get("status") == "error" for r in records)
     kinds = tuple(kind for kind in ANSWER_KINDS if any(r.get(kind) is not None for r in ok))
     if ok and not kinds:
         raise JudgeError(f"{path} has no answers to score: every 'raina' and 'pa' is null")
     return Results(path=path, benchmark=detected, model=str(meta.get("model", "unknown")),
-                   records=ok, n_skipped=len(records) - len(ok), kinds=kinds)
+                   records=ok, n_skipped=len(records) - len(ok), kinds=kinds, n_errors=n_errors)
+
+
+def _check_unique_ids(records: list[dict], *, path: Path) -> None:
+    """Each prompt is scored once: a record id seen twice would count that answer twice in every rate."""
+    first: dict[int, int] = {}
+    for index, record in enumerate(records):
+        if record["id"] in first:
+            raise JudgeError(f"{path}: records {first[record['id']]} and {index} both have id {record['id']}, so "
+                             "that prompt would be counted twice: merge the run again (allocation.py --merge-only) "
+                             "or remove the duplicate")
+        first[record["id"]] = index
 
 
 def _read_json(path: Path):
     if not path.exists():
         raise JudgeError(f"{path} does not exist: pass the merged results file of a run, e.g. HH/outputs/<run>.json")
+    if path.is_dir():
+        raise JudgeError(f"{path} is a folder: pass the merged results file of a run, e.g. {path}/<run>.json")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise JudgeError(f"{path} is not valid JSON (line {err.lineno}): was the run interrupted before "
                          f"its merge? rerun the merge step") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as err:
+        raise JudgeError(f"{path} is not a JSON results file ({type(err).__name__}): pass the merged "
+                         "<outdir>/<name>.json of a run") from None
+    except OSError as err:
+        raise JudgeError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def _normalise(record, *, index: int, path: Path) -> dict:
@@ -98,7 +122,7 @@ def _normalise(record, *, index: int, path: Path) -> dict:
     if "scores" in record:
         raise JudgeError(f"{path} is already scored (records carry 'scores'); pass the original results file")
     out = dict(record)
-    if not isinstance(record.get("id", index), int):
+    if not isinstance(record.get("id", index), int) or isinstance(record.get("id", index), bool):
         raise JudgeError(f"{path} record {index} has id {record['id']!r}, not an integer: not a RAIN results file")
     out["id"] = record.get("id", index)
     out["prompt"] = record.get("prompt") or record.get("question") or ""

@@ -15,10 +15,11 @@ Scored record: the input record plus `"scores": {kind: {criterion: true|false|nu
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rain.fileio import OutputError, atomic_write_text
+from rain.judge.config import JudgeError
 from rain.judge.prompts import Template, truth_references
 from rain.judge.refusal import Rate, is_jailbroken, refusal_phrase
 from rain.judge.results import KIND_LABELS, Results
@@ -129,7 +130,7 @@ def summarise(results: Results, *, scored: list[dict], plan: ScoringPlan) -> dic
     judges = list({id(criterion.judge): criterion.judge for criterion in every}.values())
     summary = {
         "results": str(results.path), "benchmark": results.benchmark, "model": results.model,
-        "n_records": len(results.records), "n_skipped": results.n_skipped,
+        "n_records": len(results.records), "n_skipped": results.n_skipped, "n_errors": results.n_errors,
         "kinds": {kind: KIND_LABELS[kind] for kind in results.kinds},
         "judges": sorted({judge.name for judge in judges}),
         "templates": {c.name: c.template.tag for c in plan.criteria},
@@ -200,18 +201,23 @@ def time_ratio(records: tuple[dict, ...] | list[dict]) -> dict:
 
 
 def write_json(path: Path, payload) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write atomically: a reader never sees half a file, and a failed write leaves no temporary file."""
+    try:
+        atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False) + "\n",
+                          what_to_do="copy the results file (and its .meta.json) to a writable folder with free "
+                                     "space and judge it there; cached verdicts are reused")
+    except OutputError as err:
+        raise JudgeError(str(err)) from None
 
 
 def format_summary(summary: dict) -> str:
     """A short table: one row per criterion, one column per answer kind."""
     kinds = list(summary["kinds"])
     names = sorted({name for kind in kinds for name in summary["rates"][kind]})
+    errors = summary.get("n_errors") or 0
     header = (f"{summary['benchmark']} | {summary['model']} | "
-              f"{summary['n_records']} records, {summary['n_skipped']} skipped")
+              f"{summary['n_records']} records, {summary['n_skipped']} skipped"
+              + (f" (of which {errors} failed to answer: rerun the run with --retry-errors)" if errors else ""))
     if not kinds:
         return header + "\n(no answers to score)"
     lines = [header, f"{'criterion':<26}" + "".join(f"{summary['kinds'][k]:>22}" for k in kinds)]
