@@ -10,7 +10,7 @@
 the same run, so the ratios printed are measured side by side. Every measurement runs in its own child
 process, one after another (peak memory is the child's own; 2 torch threads unless --threads).
 
-Workloads: the official constants (configs/hh.yaml), the 8 prompts of HH/demo_prompts.jsonl, and a fixed
+Workloads: the official constants (configs/hh.yaml), the 8 prompts of rain/data/demo_prompts.jsonl, and a fixed
 cap of inner iterations per prompt (`search.max_total_iterations`, default 16) so that every B runs the
 same number of iterations. Figures:
 - prompts/hour, seconds per inner iteration (all searches counted);
@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ROOT / "HH" / "demo_prompts.jsonl"
+PROMPTS = ROOT / "rain" / "data" / "demo_prompts.jsonl"
 
 
 def demo_questions() -> list:

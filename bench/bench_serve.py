@@ -5,7 +5,7 @@
 An in-process server (uvicorn on a free loopback port, the real HTTP path) over the embedded model
 (configs/models/embedded.yaml: SmolLM2-135M-Instruct, chat template, the MiniLM embedder) with a fixed
 cap of inner iterations per answer (search.max_total_iterations) and max_tokens per request, so every
-request costs about the same search. The prompts are the 8 short questions of HH/demo_prompts.jsonl.
+request costs about the same search. The prompts are the 8 short questions of rain/data/demo_prompts.jsonl.
 Each client sends its requests one after another:
 - 1 client: --requests requests in a row;
 - C > 1 clients, all at once: each sends max(1, --requests // 4) requests.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PROMPTS = ROOT / "HH" / "demo_prompts.jsonl"
+PROMPTS = ROOT / "rain" / "data" / "demo_prompts.jsonl"
 MODEL = "rain-embedded"
 
 
