@@ -67,7 +67,8 @@ if hasattr(rain, "Searcher"):
     searcher.embedder.embed = timed_embed
     t0 = time.perf_counter()
     jobs = [(i, q, i, "rain") for i, q in enumerate(questions)]
-    results = [r["rain"] for _, r in generate_many(searcher, jobs, batch_size=spec["batch_size"])]
+    results = [r["rain"] for _, r in sorted(generate_many(searcher, jobs, batch_size=spec["batch_size"]),
+                                            key=lambda kr: kr[0])]  # in prompt order, whatever finished first
     out["seconds"] = time.perf_counter() - t0
     out.update(forwards=engine.batches.forwards, rows=engine.batches.rows, lm_seconds=step_time[0],
                embed_seconds=embed_time[0])
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
         rows = throughput("tiny", str(tiny_model_dir()), [1, 8], args, baseline=True)
         parts.append(throughput_table("Tiny model (2 layers, hidden 32): overhead is nearly all the cost", rows))
     if args.what in ("cpu", "all"):
-        rows = throughput("cpu", "embedded", [1, 4, 8], args, baseline=True)
+        rows = throughput("cpu", "embedded", [1, 4, 8], args, baseline=bool(args.baseline))
         parts.append(throughput_table("Embedded SmolLM2-135M-Instruct (fp32), official constants", rows))
     if args.what in ("memory", "all"):
         parts.append(memory(args))

@@ -470,44 +470,46 @@ def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
             value = _results(task)
 
     def advance_ready() -> list:
-        nonlocal active
         finished, still = [], []
         for task in active:
             out = advance(task, _results(task)) if _ready(task) else _PENDING
             (still.append(task) if out is _PENDING else finished.append((task.key, out)))
-        active = still
+        active[:] = still
         return finished
 
-    ended = False
-    while True:
-        while len(active) < batch_size and not ended:
-            nxt = take()
-            if nxt is _IDLE:
-                break
-            if nxt is None:
-                ended = True
-                break
-            task = _Task(*nxt)
-            out = advance(task, None)
-            if out is _PENDING:
-                active.append(task)
-            else:
-                yield task.key, out
-        if not active:
-            if ended:
-                return
-            continue
-        embeds = [(task, item) for task in active for item in task.waiting if isinstance(item, Embed)]
-        if embeds:
-            vectors = embedder.embed([t for _, e in embeds for t in e.texts])
-            at = 0
-            for task, item in embeds:
-                task.embedded[id(item)] = vectors[at:at + len(item.texts)]
-                at += len(item.texts)
+    try:
+        ended = False
+        while True:
+            while len(active) < batch_size and not ended:
+                nxt = take()
+                if nxt is _IDLE:
+                    break
+                if nxt is None:
+                    ended = True
+                    break
+                task = _Task(*nxt)
+                out = advance(task, None)
+                if out is _PENDING:
+                    active.append(task)
+                else:
+                    yield task.key, out
+            if not active:
+                if ended:
+                    return
+                continue
+            embeds = [(task, item) for task in active for item in task.waiting if isinstance(item, Embed)]
+            if embeds:
+                vectors = embedder.embed([t for _, e in embeds for t in e.texts])
+                at = 0
+                for task, item in embeds:
+                    task.embedded[id(item)] = vectors[at:at + len(item.texts)]
+                    at += len(item.texts)
+                yield from advance_ready()
+            if engine.jobs:
+                engine.step()
             yield from advance_ready()
-        if engine.jobs:
-            engine.step()
-        yield from advance_ready()
+    finally:  # an error (a failed forward, a failing embedder) or an early close: no job is left queued
+        engine.jobs = []
 
 
 _PENDING = object()

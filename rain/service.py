@@ -277,7 +277,6 @@ class RainService:
                 return
             except Exception:  # noqa: BLE001 - an engine failure must not end the service
                 log.exception("the search driver failed; the requests it was running get an error")
-                self.base.engine.jobs = []  # the failed forward's jobs belong to searches that are gone
                 with self._lock:
                     running = [t.key for t in self._live.values() if t.state == "running"]
                 for key in running:

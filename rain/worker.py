@@ -120,7 +120,6 @@ class SearchAnswerer:
                     yield item, record
                 return
             except Exception as err:  # noqa: BLE001 - isolated below, then recorded per prompt
-                self._drop_queued_work()
                 pending = [item for item in pending if item.id not in finished]
                 if batch == 1:  # the one in flight failed
                     yield pending[0], failed_record(pending[0], err, self.cfg)
@@ -141,14 +140,8 @@ class SearchAnswerer:
         try:
             ((_, record),) = self._drive([item], 1)
         except Exception as err:  # noqa: BLE001 - this prompt's own failure
-            self._drop_queued_work()
             return failed_record(item, err, self.cfg)
         return record
-
-    def _drop_queued_work(self) -> None:
-        """A forward that raised leaves its jobs queued in the shared engine; drop them, or the next search
-        would run them again (and fail the same way)."""
-        self.searcher.engine.jobs.clear()
 
     def _task(self, item: Item):
         """One prompt's record as a request generator: a skip with its reason, or the answers."""
