@@ -35,3 +35,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    """Launched workers find tests/fake_answerer.py; CPU only; no scripted failures."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("FAKE_FAIL_IDS", raising=False)
+    monkeypatch.delenv("FAKE_CRASH_IDS", raising=False)

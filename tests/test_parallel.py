@@ -19,15 +19,6 @@ from rain.worker import Rank, rank_from_env
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture
-def fake_env(monkeypatch):
-    """Workers find tests/fake_answerer.py; one CPU thread each; no GPU."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.delenv("FAKE_FAIL_IDS", raising=False)
-    monkeypatch.delenv("FAKE_CRASH_IDS", raising=False)
-
-
 def hh_file(path: Path, n: int) -> Path:
     rows = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: ok"} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

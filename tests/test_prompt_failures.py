@@ -21,16 +21,6 @@ from rain.tasks import DataError, load_items
 from rain.worker import Rank, run_shard
 
 
-@pytest.fixture
-def fake_env(monkeypatch):
-    from launch_helpers import TESTS
-
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.delenv("FAKE_FAIL_IDS", raising=False)
-    monkeypatch.delenv("FAKE_CRASH_IDS", raising=False)
-
-
 QUESTIONS = [f"question {i}?" for i in range(6)]
 
 

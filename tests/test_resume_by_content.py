@@ -10,23 +10,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from launch_helpers import hh_file, shard_records
 from rain.config import load_config
 from rain.parallel import launch
 from rain.records import RunPaths, collect, done_ids
 from rain.tasks import load_items
-
-
-@pytest.fixture
-def fake_env(monkeypatch):
-    from launch_helpers import TESTS
-
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.delenv("FAKE_FAIL_IDS", raising=False)
-    monkeypatch.delenv("FAKE_CRASH_IDS", raising=False)
 
 
 def cfg_for(tmp_path, data, *extra):
