@@ -143,16 +143,16 @@ def plan_forward(rows: list, device) -> tuple:
             lineage[r] |= lineage[row.parent]
     sees_row = lineage[owner_t]  # [T, rows]: token t sees row j's tokens (subject to causality)
     # private keys: the distinct pasts first, then the packed new tokens; a token sees its own row's past keys
-    pasts, tags, row_tag = [], [], []
+    pasts, index, tags, row_tag = [], {}, [], []
     for row in rows:
         if row.past is None:
             row_tag.append(-1)
             continue
-        if not any(row.past is p for p in pasts):
+        if id(row.past) not in index:
+            index[id(row.past)] = len(pasts)
             tags.extend(len(pasts) * _TAG + owner for owner in row.past.owners)
             pasts.append(row.past)
-        index = next(i for i, p in enumerate(pasts) if p is row.past)
-        row_tag.append(index * _TAG + row.past_id)
+        row_tag.append(index[id(row.past)] * _TAG + row.past_id)
     token_tag = torch.tensor(row_tag)[owner_t]
     past_mask = token_tag.unsqueeze(1) == torch.tensor(tags, dtype=torch.long).unsqueeze(0)
     new_mask = sees_row[:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))

@@ -199,15 +199,16 @@ class AnswerRules:
         return bool(self.turn_marker) and self.turn_marker in tokenizer.decode(list(ids[-(new + TAIL):]),
                                                                                skip_special_tokens=True)
 
-    def clause_ended(self, tokenizer, ids, *, before: str = "") -> bool:
+    def clause_ended(self, tokenizer, ids, *, before: str = "", earlier: tuple = ()) -> bool:
         """The rollout stop of rollout=clause: the text (the answer, or `before` it while the answer is
         empty) ends with a clause character, or the answer is finished. Decodes only the last TAIL tokens
-        (all of them when those decode to nothing), so a check costs the same at any answer length."""
+        (with the `earlier` ones before `ids` too when those decode to nothing), so a check costs the same at
+        any answer length."""
         if ids and ids[-1] in self.stop_ids:
             return True
         text = tokenizer.decode(list(ids[-TAIL:]), skip_special_tokens=True)
-        if not text and len(ids) > TAIL:
-            text = tokenizer.decode(list(ids), skip_special_tokens=True)
+        if not text and len(earlier) + len(ids) > TAIL:
+            text = tokenizer.decode(list(earlier) + list(ids), skip_special_tokens=True)
         text = text or before
         if self.turn_marker and self.turn_marker in text:
             return True

@@ -32,7 +32,7 @@ import torch
 
 from .config import RainConfig
 from .evaluate import SelfEvaluator
-from .formats import (AnswerRules, answer_rules, check_question, messages_ids, messages_text, prompt_ids,
+from .formats import (TAIL, AnswerRules, answer_rules, check_question, messages_ids, messages_text, prompt_ids,
                       prompt_text)
 from .lm import Context, Counters, Engine, Expand, Prefill, Rollout, make_engine
 from .sampling import SegmentSpec, common_prefix, topk_distribution
@@ -291,9 +291,10 @@ class Searcher:
         return answer[:answer_limit(len(st.prompt), self.s)]
 
     def _rollout_done(self, st: SearchState, leaf_answer: tuple) -> Callable:
-        tail = leaf_answer[-self.s.max_length:]
+        earlier, tail = leaf_answer[:-TAIL], leaf_answer[-TAIL:]  # per token, only a window is rebuilt
         if self.s.rollout == "clause":
-            return lambda new: self.rules.clause_ended(self.tokenizer, tail + tuple(new), before=st.prompt_end)
+            return lambda new: self.rules.clause_ended(self.tokenizer, tail + tuple(new), before=st.prompt_end,
+                                                       earlier=earlier)
         return lambda new: self.rules.finished_tail(self.tokenizer, tail + tuple(new), min(len(new), 1))
 
     # ------------------------------------------------------------------ inner loop
