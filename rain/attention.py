@@ -69,16 +69,20 @@ def merge_segments(segments: list) -> Segment:
 @dataclass(eq=False)
 class Past:
     """The own KV of a multi-step request's rows (candidate rows, a rollout), packed: per layer [KVH, P, D];
-    owners[k] is the id of the row that key k belongs to. Grows by one concatenation per layer and step for
-    the whole request, whatever its number of rows."""
+    owners[k] (a LongTensor [P]) is the id of the row that key k belongs to. Grows by one concatenation per
+    layer and step for the whole request, whatever its number of rows."""
 
     keys: list
     values: list
-    owners: list
+    owners: torch.Tensor
 
-    def extend(self, keys: list, values: list, owners: list) -> "Past":
+    def __post_init__(self):
+        self.owners = torch.as_tensor(self.owners, dtype=torch.long)
+
+    def extend(self, keys: list, values: list, owners) -> "Past":
         return Past([torch.cat([a, b], dim=1) for a, b in zip(self.keys, keys)],
-                    [torch.cat([a, b], dim=1) for a, b in zip(self.values, values)], self.owners + owners)
+                    [torch.cat([a, b], dim=1) for a, b in zip(self.values, values)],
+                    torch.cat([self.owners, torch.as_tensor(owners, dtype=torch.long)]))
 
 
 @dataclass(eq=False)
@@ -105,7 +109,7 @@ class Plan:
     """Everything the attention function needs for one packed forward, built once for all layers."""
 
     groups: list
-    """(segment, LongTensor of the packed token indices that attend to it, or None for all of them)."""
+    """(segment, the packed tokens that attend to it: a slice when they are consecutive, else a LongTensor)."""
     pasts: list
     """The distinct `Past`s of the rows, in order."""
     private_mask: torch.Tensor
@@ -121,27 +125,23 @@ _TAG = 1 << 20  # row ids of one past stay below this
 
 def plan_forward(rows: list, device) -> tuple:
     """rows -> (input_ids [1, T], position_ids [1, T], logits indices [n_wanting], Plan)."""
-    ids, positions, owner, offsets = [], [], [], []
-    starts = []
-    for r, row in enumerate(rows):
+    ids, starts, offsets = [], [], []
+    for row in rows:
         if row.parent is not None:
-            parent = rows[row.parent]
-            start = starts[row.parent] + len(parent.tokens)
+            starts.append(starts[row.parent] + len(rows[row.parent].tokens))
         else:
-            start = row.start + row.past_len
-        starts.append(start)
+            starts.append(row.start + row.past_len)
         offsets.append(len(ids))
         ids.extend(row.tokens)
-        positions.extend(range(start, start + len(row.tokens)))
-        owner.extend([r] * len(row.tokens))
-    owner_t = torch.tensor(owner)
-    pos_t = torch.tensor(positions)
+    lengths = torch.tensor([len(row.tokens) for row in rows])
+    owner_t = torch.repeat_interleave(torch.arange(len(rows)), lengths)
+    first = torch.tensor(offsets)
+    pos_t = torch.arange(len(ids)) + (torch.tensor(starts) - first).repeat_interleave(lengths)
     # which rows each row sees through 'parent' links (itself included)
     lineage = torch.eye(len(rows), dtype=torch.bool)
     for r, row in enumerate(rows):
         if row.parent is not None:
             lineage[r] |= lineage[row.parent]
-    sees_row = lineage[owner_t]  # [T, rows]: token t sees row j's tokens (subject to causality)
     # private keys: the distinct pasts first, then the packed new tokens; a token sees its own row's past keys
     pasts, index, tags, row_tag = [], {}, [], []
     for row in rows:
@@ -150,12 +150,14 @@ def plan_forward(rows: list, device) -> tuple:
             continue
         if id(row.past) not in index:
             index[id(row.past)] = len(pasts)
-            tags.extend(len(pasts) * _TAG + owner for owner in row.past.owners)
+            tags.append(row.past.owners + len(pasts) * _TAG)
             pasts.append(row.past)
         row_tag.append(index[id(row.past)] * _TAG + row.past_id)
     token_tag = torch.tensor(row_tag)[owner_t]
-    past_mask = token_tag.unsqueeze(1) == torch.tensor(tags, dtype=torch.long).unsqueeze(0)
-    new_mask = sees_row[:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))
+    past_tags = torch.cat(tags) if tags else torch.empty(0, dtype=torch.long)
+    past_mask = token_tag.unsqueeze(1) == past_tags.unsqueeze(0)
+    new_mask = lineage[owner_t][:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1))
+                                               | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))
     private_mask = torch.cat([past_mask, new_mask], dim=1)
     # stored segments: each attended by the tokens of every row whose chain holds it (children use their parent's)
     by_segment: dict = {}
@@ -164,8 +166,9 @@ def plan_forward(rows: list, device) -> tuple:
             by_segment.setdefault(id(seg), (seg, []))[1].append(r)
     groups = []
     for seg, members in by_segment.values():
-        if len(members) == len(rows):
-            groups.append((seg, None))
+        if members == list(range(members[0], members[-1] + 1)):  # consecutive rows: consecutive tokens
+            end = offsets[members[-1]] + len(rows[members[-1]].tokens)
+            groups.append((seg, slice(offsets[members[0]], end)))
         else:
             idx = torch.nonzero(torch.isin(owner_t, torch.tensor(members))).flatten()
             groups.append((seg, idx.to(device)))
@@ -228,8 +231,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     lses = query.new_full((len(plan.groups) + 1, kv_heads, groups, total), float("-inf"), dtype=torch.float32)
     outs[0], lses[0] = _attend(q, keys, values, scale, softcap, plan.bias, plan.private_mask)
     for part, (seg, idx) in enumerate(plan.groups, start=1):
-        if idx is None:
-            outs[part], lses[part] = _attend(q, seg.keys[layer], seg.values[layer], scale, softcap)
+        if isinstance(idx, slice):
+            outs[part, :, :, idx], lses[part, :, :, idx] = _attend(q[:, :, idx], seg.keys[layer], seg.values[layer],
+                                                                   scale, softcap)
         else:
             o, lse = _attend(q.index_select(2, idx), seg.keys[layer], seg.values[layer], scale, softcap)
             outs[part].index_copy_(2, idx, o)

@@ -167,11 +167,13 @@ def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
             Row(base=(s1,), tokens=[94, 95], parent=2),
             Row(base=(s1,), tokens=[96], parent=2),
             Row(base=(), tokens=[7, 8, 9]),
-            Row(base=(s1.crop(20),), tokens=[40, 41])]
+            Row(base=(s1.crop(20),), tokens=[40, 41]),
+            Row(base=(s1, s2), tokens=[77])]  # s1 and s2 are read by rows that are not consecutive
     logits, _ = forward_rows(model, rows)
     expected = [plain(head + mid + a + [90]), plain(head + mid + [70, 91]), plain(head + [91, 92, 93, 94, 95]),
                 plain(head + [91, 92, 93, 96]),
-                plain([7, 8, 9]), plain(head[:20] + [40, 41])]
+                plain([7, 8, 9]), plain(head[:20] + [40, 41]), plain(head + mid + [77])]
+    assert len(logits) == len(expected)
     for got, want in zip(logits, expected):
         assert torch.allclose(got, want, atol=1e-5)
 
@@ -179,12 +181,17 @@ def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
 def test_rows_sharing_a_prefix_attend_to_one_stored_copy():
     seg = Segment([torch.zeros(2, 50, 8)], [torch.zeros(2, 50, 8)], 0, tuple(range(50)))
     other = Segment([torch.zeros(2, 5, 8)], [torch.zeros(2, 5, 8)], 0, tuple(range(5)))
-    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)] + [Row(base=(other,), tokens=[2, 3])]
+    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)] + [Row(base=(other,), tokens=[2, 3]),
+                                                                  Row(base=(seg,), tokens=[4])]
+
+    def readers(sel):  # the packed token indices a group's segment is read by
+        return list(range(sel.start, sel.stop)) if isinstance(sel, slice) else sel.tolist()
+
     _, _, _, plan = plan_forward(rows, "cpu")
     assert [g[0] for g in plan.groups] == [seg, other]
-    assert plan.groups[0][1].tolist() == list(range(10))  # every row's token reads that one segment
-    assert plan.groups[1][1].tolist() == [10, 11]
-    assert plan.private_mask.shape == (12, 12)  # the private part is the rows' own tokens, not the prefix
+    assert readers(plan.groups[0][1]) == list(range(10)) + [12]  # every row's token reads that one segment
+    assert readers(plan.groups[1][1]) == [10, 11]
+    assert plan.private_mask.shape == (13, 13)  # the private part is the rows' own tokens, not the prefix
     assert seg.crop(20).keys[0].data_ptr() == seg.keys[0].data_ptr()  # a crop is a view
 
 
