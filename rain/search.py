@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -434,13 +435,15 @@ class _Task:
 
 def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
     """Run search generators, up to `batch_size` at a time, serving their requests together: one embedder
-    call per round for every search waiting on embeddings, one engine forward per round for all LM work.
+    call per round for every search waiting on embeddings (on a second thread, beside the forward, when it
+    can be), one engine forward per round for all LM work.
     `tasks` is an iterable of (key, generator), or a `queue.Queue` of them for a long-lived service (a free
     slot takes a queued task at the next round; an idle driver waits; a None item ends it). Yields
     (key, result) as each finishes (the exception if it raised). Only `searcher.engine` and
     `searcher.embedder` are used, so searchers of different configs sharing them run together."""
     engine, embedder = searcher.engine, searcher.embedder
     active: list = []
+    pool: Optional[ThreadPoolExecutor] = None
     if isinstance(tasks, queue.Queue):
         def take():
             try:
@@ -499,22 +502,38 @@ def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
                     return
                 continue
             embeds = [(task, item) for task in active for item in task.waiting if isinstance(item, Embed)]
-            if embeds:
-                vectors = embedder.embed([t for _, e in embeds for t in e.texts])
-                at = 0
-                for task, item in embeds:
-                    task.embedded[id(item)] = vectors[at:at + len(item.texts)]
-                    at += len(item.texts)
+            texts = [t for _, e in embeds for t in e.texts]
+            # the embedder runs beside the forward when every search waiting on it also waits on the forward;
+            # a search waiting on embeddings alone gets them first, so its next requests join this forward
+            beside = bool(embeds) and bool(engine.jobs) and all(
+                any(not isinstance(item, Embed) for item in task.waiting) for task, _ in embeds)
+            if beside:
+                pool = pool or ThreadPoolExecutor(1, thread_name_prefix="rain-embed")
+                vectors = pool.submit(embedder.embed, texts)
+            elif embeds:
+                _hand_out(embeds, embedder.embed(texts))
                 yield from advance_ready()
             if engine.jobs:
                 engine.step()
+            if beside:
+                _hand_out(embeds, vectors.result())
             yield from advance_ready()
     finally:  # an error (a failed forward, a failing embedder) or an early close: no job is left queued
         engine.jobs = []
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 _PENDING = object()
 _IDLE = object()
+
+
+def _hand_out(embeds: list, vectors: torch.Tensor) -> None:
+    """Give each (task, Embed) its rows of the round's embeddings."""
+    at = 0
+    for task, item in embeds:
+        task.embedded[id(item)] = vectors[at:at + len(item.texts)]
+        at += len(item.texts)
 
 
 def _ready(task: _Task) -> bool:

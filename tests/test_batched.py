@@ -95,3 +95,63 @@ def test_a_queue_feeds_a_long_lived_driver(tiny_model):
     assert not worker.is_alive()
     expected = dict(generate_many(searcher, [(i, q, 100 + i, "rain") for i, q in enumerate(QUESTIONS[:3])]))
     assert {k: v["rain"].token_ids for k, v in finished} == {k: v["rain"].token_ids for k, v in expected.items()}
+
+
+class _WatchingEmbedder(HashEmbedder):
+    """Records, per call, whether it ran on another thread while the engine was inside a forward pass."""
+
+    def __init__(self, engine_state: dict, fail_beside: bool = False):
+        super().__init__()
+        self.state, self.fail_beside, self.beside = engine_state, fail_beside, []
+
+    def embed(self, texts):
+        import threading
+        import time
+
+        time.sleep(0.002)  # long enough to overlap a forward that started at the same time
+        self.beside.append((threading.current_thread() is not threading.main_thread(), self.state["in_step"]))
+        if self.fail_beside and self.beside[-1][0]:
+            raise RuntimeError("embedder failed")
+        return super().embed(texts)
+
+
+def _watched_searcher(model, tok, cfg, fail_beside=False):
+    state = {"in_step": False}
+    searcher = Searcher(model, tok, cfg, embedder=_WatchingEmbedder(state, fail_beside))
+    plain_step = searcher.engine.step
+
+    def step():
+        state["in_step"] = True
+        try:
+            plain_step()
+        finally:
+            state["in_step"] = False
+
+    searcher.engine.step = step
+    return searcher
+
+
+def test_the_embedder_runs_beside_the_forward_pass(tiny_model):
+    """While a forward serves the judges, the same round's embeddings are computed on a second thread."""
+    model, tok = tiny_model
+    cfg = rain.load_config(None, ["max_new_tokens=6", "max_iterations=4", "min_fresh_iterations=2"])
+    searcher = _watched_searcher(model, tok, cfg)
+    jobs = [(i, q, 100 + i, "rain") for i, q in enumerate(QUESTIONS[:3])]
+    out = dict(generate_many(searcher, jobs, batch_size=3))
+    assert any(off_main and during for off_main, during in searcher.embedder.beside)
+    expected, _ = answers(model, tok, cfg, 1, mode="rain")
+    assert {k: v["rain"].token_ids for k, v in out.items()} == {k: expected[k]["rain"].token_ids for k in out}
+
+
+def test_an_embedder_failure_beside_the_forward_ends_the_driver_cleanly(tiny_model):
+    from rain.decoding import answer_task
+    from rain.search import drive
+
+    model, tok = tiny_model
+    cfg = rain.load_config(None, ["max_new_tokens=6", "max_iterations=4", "min_fresh_iterations=2"])
+    searcher = _watched_searcher(model, tok, cfg, fail_beside=True)
+    tasks = [(i, answer_task(searcher, q, 100 + i, "rain")) for i, q in enumerate(QUESTIONS[:3])]
+    with pytest.raises(RuntimeError, match="embedder failed"):
+        list(drive(searcher, tasks, batch_size=3))
+    assert searcher.embedder.beside[-1][0]  # it failed on the second thread, beside a forward
+    assert searcher.engine.jobs == []  # nothing left queued for the next driver
