@@ -434,9 +434,10 @@ class _Task:
 
 
 def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
-    """Run search generators, up to `batch_size` at a time, serving their requests together: one embedder
-    call per round for every search waiting on embeddings (on a second thread, beside the forward, when it
-    can be), one engine forward per round for all LM work.
+    """Run search generators, up to `batch_size` at a time, serving their requests together: one engine
+    forward per round for all LM work, and one embedder call for every search waiting on embeddings, run on
+    a second thread beside the forwards (the searches it serves wait for it; the others go on; the next call
+    starts when it ends and takes every Embed waiting then).
     `tasks` is an iterable of (key, generator), or a `queue.Queue` of them for a long-lived service (a free
     slot takes a queued task at the next round; an idle driver waits; a None item ends it). Yields
     (key, result) as each finishes (the exception if it raised). Only `searcher.engine` and
@@ -444,6 +445,7 @@ def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
     engine, embedder = searcher.engine, searcher.embedder
     active: list = []
     pool: Optional[ThreadPoolExecutor] = None
+    inflight = None  # (the embedder call running beside the forwards, the (task, Embed) pairs it serves)
     if isinstance(tasks, queue.Queue):
         def take():
             try:
@@ -501,22 +503,20 @@ def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
                 if ended:
                     return
                 continue
-            embeds = [(task, item) for task in active for item in task.waiting if isinstance(item, Embed)]
-            texts = [t for _, e in embeds for t in e.texts]
-            # the embedder runs beside the forward when every search waiting on it also waits on the forward;
-            # a search waiting on embeddings alone gets them first, so its next requests join this forward
-            beside = bool(embeds) and bool(engine.jobs) and all(
-                any(not isinstance(item, Embed) for item in task.waiting) for task, _ in embeds)
-            if beside:
-                pool = pool or ThreadPoolExecutor(1, thread_name_prefix="rain-embed")
-                vectors = pool.submit(embedder.embed, texts)
-            elif embeds:
-                _hand_out(embeds, embedder.embed(texts))
-                yield from advance_ready()
+            if inflight is None:
+                embeds = [(task, item) for task in active for item in task.waiting
+                          if isinstance(item, Embed) and id(item) not in task.embedded]
+                texts = [t for _, e in embeds for t in e.texts]
+                if embeds and engine.jobs:  # beside the forwards of the searches that do not wait on it
+                    pool = pool or ThreadPoolExecutor(1, thread_name_prefix="rain-embed")
+                    inflight = (pool.submit(embedder.embed, texts), embeds)
+                elif embeds:  # nothing else to do: at once
+                    _hand_out(embeds, embedder.embed(texts))
             if engine.jobs:
                 engine.step()
-            if beside:
-                _hand_out(embeds, vectors.result())
+            if inflight is not None and (inflight[0].done() or not engine.jobs):
+                _hand_out(inflight[1], inflight[0].result())
+                inflight = None
             yield from advance_ready()
     finally:  # an error (a failed forward, a failing embedder) or an early close: no job is left queued
         engine.jobs = []
