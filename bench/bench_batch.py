@@ -4,6 +4,7 @@
     python bench/bench_batch.py cpu    [--cap 16]         # embedded model, 8 HH prompts: prompts/hour at B = 1, 4, 8
     python bench/bench_batch.py memory [--baseline DIR]   # one expansion step: KV bytes and peak memory vs context
     python bench/bench_batch.py all    [--baseline DIR] [--out FILE]
+    ... tiny|cpu --leaves K                               # one more row: the largest B with search.leaves_per_step=K
 
 `--baseline DIR` is a checkout of an earlier revision of this project (e.g. `git worktree add /tmp/baseline
 62d99cd`, the one-prompt-at-a-time engine before batching): its engine is measured on the same workload in
@@ -119,6 +120,12 @@ def throughput(name: str, model: str, batch_sizes: list, args, *, baseline: bool
     for b in batch_sizes:
         rows.append((f"B = {b}", child(CHILD, dict(spec, batch_size=b), pythonpath=ROOT)))
         print(f"[{name}] B = {b} done: {rows[-1][1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    if args.leaves:  # a different search (not the paper's): its answers are not expected to equal the others
+        b = max(batch_sizes)
+        label = f"B = {b}, leaves = {args.leaves}"
+        spec_k = dict(spec, batch_size=b, overrides=overrides + [f"leaves_per_step={args.leaves}"])
+        rows.append((label, child(CHILD, spec_k, pythonpath=ROOT)))
+        print(f"[{name}] {label} done: {rows[-1][1]['seconds']:.1f} s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -145,9 +152,12 @@ def throughput_table(title: str, rows: list) -> str:
         one = ones[0]
         for label, r in rows:
             if label.startswith("B = ") and label != "B = 1":
+                same = ("another search, answers not compared" if "leaves" in label
+                        else f"same answers: {r['answers'] == one['answers']}")
                 lines.append(f"\n- {label} vs B = 1: {one['seconds'] / r['seconds']:.2f}x prompts/hour, "
-                             f"{one['forwards'] / r['forwards']:.1f}x fewer sequential forwards per prompt; "
-                             f"same answers: {r['answers'] == one['answers']}")
+                             f"{one['forwards'] / r['forwards']:.1f}x fewer sequential forwards per prompt, "
+                             f"{(one['forwards'] / one['iterations']) / (r['forwards'] / r['iterations']):.1f}x "
+                             f"per inner iteration; {same}")
     if "baseline (one at a time)" in first:
         base = first["baseline (one at a time)"]
         for label, r in rows:
@@ -251,6 +261,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=int, default=16, help="inner iterations per prompt (max_total_iterations)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per child")
     parser.add_argument("--out", help="also write the tables to this file")
+    parser.add_argument("--leaves", type=int, default=0,
+                        help="tiny/cpu: one more row at the largest B with search.leaves_per_step=K (0: none)")
     args = parser.parse_args(argv)
     import torch
     import transformers

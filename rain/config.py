@@ -134,6 +134,9 @@ class SearchConfig:
     """Characters that end a clause for rollout=clause."""
     engine: str = "cached"
     """cached (prefix KV caches, batched expansion and judge) or reference (plain recompute, the baseline)."""
+    leaves_per_step: int = 1
+    """Leaves selected per search step and searched at once, steered apart by virtual loss (not in the paper or
+    the official code; 1, the default, is the official one leaf per inner iteration; more changes the search)."""
     seed: int = 0
     """Seed of the search's random generator."""
     trace: bool = False
@@ -170,6 +173,7 @@ class SearchConfig:
         _check(self.widen_variance >= 0, "search.widen_variance", ">= 0", self.widen_variance)
         _check(self.rollout in ("clause", "eos"), "search.rollout", "clause or eos", self.rollout)
         _check(self.engine in ("cached", "reference"), "search.engine", "cached or reference", self.engine)
+        _check(self.leaves_per_step >= 1, "search.leaves_per_step", ">= 1", self.leaves_per_step)
 
 
 @dataclass(frozen=True)

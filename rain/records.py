@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from rain.config import RainConfig
 from rain.fileio import OutputError, atomic_write_text, describe
 from rain.tasks import Item, Selection
 
@@ -359,9 +360,15 @@ def _first(ids: list[int], count: int = 5) -> str:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+    """'section.key: old -> new' for each field that differs. A field the old header lacks (added to the config
+    since that run began) compares as its default, which keeps the behaviour from before the field existed."""
+    defaults = json.loads(json.dumps(RainConfig().to_dict()))
+
     def was(section, key):
         values = old.get(section)
-        return values.get(key) if isinstance(values, dict) else None
+        if not isinstance(values, dict):
+            return None
+        return values[key] if key in values else defaults.get(section, {}).get(key)
 
     return [f"{section}.{key}: {was(section, key)!r} -> {value!r}"
             for section, values in new.items() for key, value in values.items() if was(section, key) != value]

@@ -37,8 +37,8 @@ from .formats import (TAIL, AnswerRules, answer_rules, check_question, messages_
                       prompt_text)
 from .lm import Context, Counters, Engine, Expand, Prefill, Rollout, make_engine
 from .sampling import SegmentSpec, common_prefix, topk_distribution
-from .tree import (Node, ValueBounds, add_children, backup, clamp_greedy, mix_priors, most_visited,
-                   needs_widening, select_child, widen_with)
+from .tree import (Node, ValueBounds, add_children, add_virtual_loss, backup, clamp_greedy, mix_priors,
+                   most_visited, needs_widening, select_child, widen_with)
 
 
 @dataclass
@@ -202,8 +202,10 @@ class Searcher:
             if cap is not None:
                 budget = min(budget, cap - st.stats.inner_iterations)
             leader, current = most_visited(root), None  # current: (root child being explored, its value on entry)
-            for _ in range(budget):
-                branch, before = yield from self._iterate(st, root)
+
+            def counted(branch, before):
+                """Book one backed-up inner iteration: rewinds, the iteration count, progress, leader changes."""
+                nonlocal leader, current
                 if current is None or branch is not current[0]:
                     if current is not None and current[0].value < current[1]:
                         st.stats.backtracks += 1
@@ -215,6 +217,15 @@ class Searcher:
                 if leader is not None and best is not leader:
                     st.stats.leader_changes += 1
                 leader = best
+
+            done = 0
+            while done < budget:
+                if s.leaves_per_step == 1:
+                    counted(*(yield from self._iterate(st, root)))
+                    done += 1
+                else:
+                    done += yield from self._step(st, root, min(s.leaves_per_step, budget - done), counted)
+                best = most_visited(root)
                 if best and best.real_visits > s.min_visits and best.value > s.value_threshold:
                     break
             # 2. commit the most-visited child, keep its subtree
@@ -301,14 +312,55 @@ class Searcher:
     # ------------------------------------------------------------------ inner loop
     def _iterate(self, st: SearchState, root: Node):
         """One inner iteration. -> (the root child it went through or None, that child's value before)."""
-        # 1. select a leaf, widening crowded bad nodes on the way down
+        node = yield from self._select(st, root)
+        path = node.path_from(root)
+        branch = path[0] if path else None
+        before = branch.value if branch is not None else 0.0
+        outcome = yield from self._simulate(st, root, node, st.gen)
+        self._finish(st, root, node, outcome)
+        return branch, before
+
+    def _step(self, st: SearchState, root: Node, k: int, counted: Callable):
+        """Up to k inner iterations at once (search.leaves_per_step; not the paper's algorithm). Leaves are selected
+        one after another, each whole (widening included) before the next, each path taking a virtual loss
+        (tree.add_virtual_loss) so that selection looks elsewhere; selection stops early at a leaf already in
+        flight. The iterations' requests then advance together (one tuple per round, sharing forward passes);
+        when all are done the virtual losses are removed and the results expanded and backed up in selection
+        order, `counted(branch, before)` after each. Each iteration draws from its own generator, seeded from
+        st.gen at its selection, so its samples do not depend on how its requests interleave. -> iterations."""
+        chosen: list = []
+        for _ in range(k):
+            node = yield from self._select(st, root)
+            if any(node is other for other, _ in chosen):
+                break
+            add_virtual_loss(node, root)
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=st.gen))
+            chosen.append((node, torch.Generator().manual_seed(seed)))
+        try:
+            outcomes = yield from _together([self._simulate(st, root, node, gen) for node, gen in chosen])
+        finally:
+            for node, _ in chosen:
+                add_virtual_loss(node, root, -1)
+        for (node, _), outcome in zip(chosen, outcomes):
+            path = node.path_from(root)
+            branch = path[0] if path else None
+            before = branch.value if branch is not None else 0.0
+            self._finish(st, root, node, outcome)
+            counted(branch, before)
+        return len(chosen)
+
+    def _select(self, st: SearchState, root: Node):
+        """Select a leaf, widening crowded bad nodes on the way down. -> the leaf."""
         node = root
         while node.children:
             yield from self._maybe_widen(st, node, root)
             node = select_child(node, c=self.s.c_puct, bounds=st.bounds, unvisited=self.s.unvisited_value)
+        return node
+
+    def _simulate(self, st: SearchState, root: Node, node: Node, gen: torch.Generator):
+        """Prefill the leaf, expand it with the rollout riding along (draws from `gen`), evaluate.
+        -> (leaf context, candidates, value, path embeddings, judged answer); the tree is not changed."""
         path = node.path_from(root)
-        branch = path[0] if path else None
-        before = branch.value if branch is not None else 0.0
         leaf_answer = st.answer + tuple(t for n in path for t in n.tokens)
         if node.terminal is None:
             node.terminal = self._leaf_done(st, node, leaf_answer) if path else self._answer_done(st, leaf_answer)
@@ -318,17 +370,23 @@ class Searcher:
             room = self._room(st, leaf_answer)
             ctx = yield Prefill(st.prompt + leaf_answer, st.lm, reuse=(st.leaf, st.committed))
             st.leaf = ctx
-            rollout_request = Rollout(room, self._rollout_done(st, leaf_answer), st.gen)
+            rollout_request = Rollout(room, self._rollout_done(st, leaf_answer), gen)
             length = self._segment_length(node.depth, room)
             if length == 1:  # the children come from the leaf's distribution: nothing to sample
                 rollout = (yield Expand(ctx, st.lm, rollout=rollout_request)).rollout
             else:
-                expansion = yield self._expand_request(st, ctx, length, self.s.sample_attempts, rollout_request)
+                expansion = yield self._expand_request(st, ctx, length, self.s.sample_attempts, rollout_request,
+                                                       gen=gen)
                 rollout = expansion.rollout
                 candidates = best_candidates(expansion.rows, self.s.num_candidates)
         # 3. self-evaluate the partial answer (and embed the path's texts in the same round)
         judged = self._truncate(st, leaf_answer + tuple(rollout), len(st.answer))
         value, embeddings = yield from self._evaluate(st, judged, self._path_texts(path, rollout))
+        return ctx, candidates, value, embeddings, judged
+
+    def _finish(self, st: SearchState, root: Node, node: Node, outcome: tuple) -> None:
+        """Expand the leaf and back its value up, with the similarity update of siblings."""
+        ctx, candidates, value, embeddings, judged = outcome
         if self.s.trace:
             node.verdict, node.judged = value, self.rules.text(self.tokenizer, judged)
         # 4. expand the leaf
@@ -337,7 +395,6 @@ class Searcher:
         # 5. back up, with the similarity update of siblings
         backup(node, root, value, embeddings, bounds=st.bounds, sim_threshold=self.s.similarity_threshold,
                sim_weight=self.s.similarity_weight)
-        return branch, before
 
     def _evaluate(self, st: SearchState, answer: tuple, texts: list):
         """(value of the judged answer, embeddings of the path texts); the judge and the embedder are asked in
@@ -345,8 +402,8 @@ class Searcher:
         text = self.rules.text(self.tokenizer, answer)
         new_texts = list(dict.fromkeys(t for t in texts if t not in st.embedded))
         embed = Embed(new_texts) if new_texts else None
-        requests = []
-        if text in st.memo:
+        requests, fresh = [], text not in st.memo  # fixed now: an iteration running beside may fill the memo
+        if not fresh:
             st.stats.judge_cache_hits += 1
             value = st.memo[text]
         elif self.judge is not None:
@@ -359,7 +416,7 @@ class Searcher:
         results = (yield tuple(requests)) if requests else ()
         if embed:
             st.embedded.update(zip(new_texts, results[-1]))
-        if text not in st.memo:
+        if fresh:
             if self.judge is not None:
                 st.judged = results[0].context
                 value = self.judge.verdict(results[0].probs).value
@@ -394,13 +451,14 @@ class Searcher:
         add_children(node, candidates, uniform_mix=mix)
 
     def _expand_request(self, st: SearchState, ctx: Context, length: int, samples: int,
-                        rollout: Optional[Rollout] = None) -> Expand:
+                        rollout: Optional[Rollout] = None, *, gen: Optional[torch.Generator] = None) -> Expand:
         """Candidate rows (greedy plus `samples` sampled) after ctx, with the rollout riding along. The rows'
         uniforms are drawn first, then the rollout draws one per token (RAIN_ALGORITHM.md's order is the
         reverse; docs/deviations.md)."""
         spec = SegmentSpec(length=length, topk=self.s.sample_topk, temperature=self.s.temperature, greedy=True,
                            stop_ids=self.rules.stop_ids)
-        return Expand(ctx, st.lm, spec, torch.rand(1 + samples, length, generator=st.gen), rollout)
+        u = torch.rand(1 + samples, length, generator=st.gen if gen is None else gen)
+        return Expand(ctx, st.lm, spec, u, rollout)
 
     def _maybe_widen(self, st: SearchState, node: Node, root: Node):
         """Dynamic widening: one more single-token child from the stored ranking, or fresh greedy + samples."""
@@ -419,6 +477,34 @@ class Searcher:
                                     keep=2)
             added = widen_with(node, fresh + node.candidates, uniform_mix=mix)
         st.stats.widenings += len(added)
+
+
+def _together(gens: list):
+    """Run sub-generators of requests in lockstep: each round yields ONE tuple with the current request(s) of
+    every unfinished one (so their LM work shares forward passes) and hands each its own results back.
+    -> their return values, in order."""
+    out, current = [None] * len(gens), {}
+
+    def advance(i, value):
+        try:
+            current[i] = gens[i].send(value)
+        except StopIteration as stop:
+            current.pop(i, None)
+            out[i] = stop.value
+
+    for i in range(len(gens)):
+        advance(i, None)
+    while current:
+        order = sorted(current)
+        parts = [(current[i], isinstance(current[i], tuple)) for i in order]
+        results = yield tuple(item for request, many in parts for item in (request if many else (request,)))
+        at = 0
+        for i, (request, many) in zip(order, parts):
+            n = len(request) if many else 1
+            got = tuple(results[at:at + n])
+            at += n
+            advance(i, got if many else got[0])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- driver

@@ -42,6 +42,9 @@ class Node:
     """With search.trace: the evaluator's value the last time this node was the evaluated leaf."""
     judged: Optional[str] = None
     """With search.trace: the answer text the evaluator saw then."""
+    pending: int = 0
+    """Virtual losses: leaves in flight below (or at) this node in a step of several leaves (search.leaves_per_step).
+    Read by selection only; never stored in visits or value, so removing them leaves no residue."""
 
     def path_from(self, top: "Node") -> list:
         """Nodes from just below `top` down to self."""
@@ -66,16 +69,38 @@ class ValueBounds:
         return (q - self.low) / (self.high - self.low + 1e-5)
 
 
+WORST = -1.0
+"""The lowest value an evaluator may return: what a virtual loss counts as."""
+
+
 def puct_score(child: Node, parent_visits: float, *, c: float, bounds: ValueBounds, unvisited: float) -> float:
-    """qh + c * p * sqrt(N_parent) / (1 + N_child), with qh = `unvisited` for a child never backed up."""
+    """qh + c * p * sqrt(N_parent) / (1 + N_child), with qh = `unvisited` for a child never backed up.
+
+    With n = child.pending virtual losses (leaves in flight through it), the child counts as having n more
+    visits that each returned WORST: qh -> (qh N + normalise(WORST) n) / (N + n), N -> N + n. The parent's own
+    pending losses are in `parent_visits` (select_child adds them)."""
     qh = unvisited if child.real_visits == 0 else bounds.normalise(child.value)
-    return qh + c * child.prior * math.sqrt(parent_visits) / (1.0 + child.visits)
+    visits = child.visits
+    if child.pending:
+        qh = (qh * visits + bounds.normalise(WORST) * child.pending) / (visits + child.pending)
+        visits += child.pending
+    return qh + c * child.prior * math.sqrt(parent_visits) / (1.0 + visits)
 
 
 def select_child(node: Node, *, c: float, bounds: ValueBounds, unvisited: float = 0.0) -> Node:
-    """The child maximising the PUCT score (first in proposal order on ties)."""
+    """The child maximising the PUCT score (first in proposal order on ties); virtual losses included."""
+    parent_visits = node.visits + node.pending if node.pending else node.visits
     return max(node.children.values(),
-               key=lambda ch: puct_score(ch, node.visits, c=c, bounds=bounds, unvisited=unvisited))
+               key=lambda ch: puct_score(ch, parent_visits, c=c, bounds=bounds, unvisited=unvisited))
+
+
+def add_virtual_loss(leaf: Node, root: Node, n: int = 1) -> None:
+    """A leaf in flight: `n` virtual losses on `root` and on every node of the path down to `leaf`
+    (n = -1 removes one; removal is exact, pending being a count apart from visits and value)."""
+    for node in [root] + leaf.path_from(root):
+        node.pending += n
+        if node.pending < 0:
+            raise ValueError("virtual loss removed more often than added")
 
 
 def most_visited(node: Node) -> Optional[Node]:

@@ -111,3 +111,18 @@ def test_run_name_from_benchmark_model_and_mode():
     cfg = RainConfig().replace(model={"name": "/models/Llama-2-7b-hf/"}, run={"benchmark": "truth", "mode": "rain"})
     assert run_name(cfg) == "truth-Llama-2-7b-hf-rain"
     assert run_name(cfg.replace(run={"name": "mine"})) == "mine"
+
+
+def test_a_header_from_before_a_config_field_existed_resumes_at_its_default(tmp_path):
+    """A run begun before search.leaves_per_step existed has no such key in its header: the default (1) is what it
+    ran with, so resuming with the default is the same config, and another value is not."""
+    paths = RunPaths(tmp_path, "run")
+    write_or_check_meta(paths, RainConfig(), hardware={})
+    meta = json.loads(paths.meta.read_text())
+    del meta["config"]["search"]["leaves_per_step"]
+    paths.meta.write_text(json.dumps(meta))
+    with ShardWriter(paths.shard(rank=0, world=1)) as writer:
+        writer.append(record(0))
+    assert write_or_check_meta(paths, RainConfig(), hardware={}) is None
+    with pytest.raises(ValueError, match=r"different config \(search.leaves_per_step: 1 -> 4\)"):
+        write_or_check_meta(paths, RainConfig().replace(search={"leaves_per_step": 4}), hardware={})
