@@ -8,8 +8,9 @@ forward continues a chain (`base`) with its own earlier KV (`past`, from previou
 multi-step request), then optionally after the new tokens of an earlier row of the same forward
 (`parent`), and feeds new tokens. All rows' new tokens are packed into ONE sequence [1, T] (no
 padding), with explicit position ids; the registered attention function computes, per layer,
-  - one masked attention of every new token over the rows' private keys (pasts + new tokens), and
-  - for each distinct stored segment, one attention of the tokens whose rows continue it over that
+  - one masked attention of every new token over the rows' private keys (pasts, short own segments of at
+    most FOLD tokens, new tokens), and
+  - for each other distinct stored segment, one attention of the tokens whose rows continue it over that
     segment's keys (a batch-1 tensor broadcast to all of them: the prefix is never copied per row),
 and merges the parts exactly with their log-sum-exp. Scores and softmax are computed in float32.
 
@@ -112,8 +113,11 @@ class Plan:
     """(segment, the packed tokens that attend to it: a slice when they are consecutive, else a LongTensor)."""
     pasts: list
     """The distinct `Past`s of the rows, in order."""
+    folded: list
+    """Short own segments (at most FOLD tokens, not shared heads), read through the private keys."""
     private_mask: torch.Tensor
-    """[T, P + T] bool: which private keys (the pasts in order, then the new tokens) each new token sees."""
+    """[T, P + F + T] bool: which private keys (the pasts in order, the folded segments in order, then the new
+    tokens) each new token sees."""
     new_keys: list = field(default_factory=list)
     new_values: list = field(default_factory=list)
     bias: Optional[torch.Tensor] = None
@@ -121,6 +125,10 @@ class Plan:
 
 
 _TAG = 1 << 20  # row ids of one past stay below this
+FOLD = 64
+"""Own segments up to this many tokens join the private keys (one small copy per forward) instead of being
+attended in place: one attention call for all of them rather than one each (a few tokens of a leaf path or a
+judge tail cost more in calls than in copies). Longer segments and shared heads are never copied."""
 
 
 def plan_forward(rows: list, device) -> tuple:
@@ -158,14 +166,22 @@ def plan_forward(rows: list, device) -> tuple:
     past_mask = token_tag.unsqueeze(1) == past_tags.unsqueeze(0)
     new_mask = lineage[owner_t][:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1))
                                                | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))
-    private_mask = torch.cat([past_mask, new_mask], dim=1)
-    # stored segments: each attended by the tokens of every row whose chain holds it (children use their parent's)
+    # stored segments: each read by the tokens of every row whose chain holds it (children use their parent's)
     by_segment: dict = {}
     for r, row in enumerate(rows):
         for seg in row.base:
             by_segment.setdefault(id(seg), (seg, []))[1].append(r)
+    folded = [(seg, members) for seg, members in by_segment.values() if not seg.shared and seg.length <= FOLD]
+    fold_mask = torch.zeros(len(rows), len(folded), dtype=torch.bool)
+    for f, (_, members) in enumerate(folded):
+        fold_mask[members, f] = True
+    fold_mask = fold_mask[owner_t].repeat_interleave(torch.tensor([seg.length for seg, _ in folded],
+                                                                  dtype=torch.long), dim=1)
+    private_mask = torch.cat([past_mask, fold_mask, new_mask], dim=1)
     groups = []
     for seg, members in by_segment.values():
+        if not seg.shared and seg.length <= FOLD:
+            continue
         if members == list(range(members[0], members[-1] + 1)):  # consecutive rows: consecutive tokens
             end = offsets[members[-1]] + len(rows[members[-1]].tokens)
             groups.append((seg, slice(offsets[members[0]], end)))
@@ -173,7 +189,7 @@ def plan_forward(rows: list, device) -> tuple:
             idx = torch.nonzero(torch.isin(owner_t, torch.tensor(members))).flatten()
             groups.append((seg, idx.to(device)))
     want = [offsets[r] + len(row.tokens) - 1 for r, row in enumerate(rows) if row.want_logits]
-    plan = Plan(groups, pasts, private_mask.to(device))
+    plan = Plan(groups, pasts, [seg for seg, _ in folded], private_mask.to(device))
     return (torch.tensor([ids], device=device), pos_t.unsqueeze(0).to(device), torch.tensor(want, device=device),
             plan)
 
@@ -215,8 +231,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     new_k, new_v = key[0], value[0]
     plan.new_keys.append(new_k)
     plan.new_values.append(new_v)
-    keys = torch.cat([p.keys[layer] for p in plan.pasts] + [new_k], dim=1) if plan.pasts else new_k
-    values = torch.cat([p.values[layer] for p in plan.pasts] + [new_v], dim=1) if plan.pasts else new_v
+    own = plan.pasts + plan.folded
+    keys = torch.cat([p.keys[layer] for p in own] + [new_k], dim=1) if own else new_k
+    values = torch.cat([p.values[layer] for p in own] + [new_v], dim=1) if own else new_v
     if not plan.groups and not softcap:  # nothing to merge with: plain masked attention
         out = torch.nn.functional.scaled_dot_product_attention(
             query, keys[None], values[None], attn_mask=plan.private_mask, scale=scale, enable_gqa=groups > 1)

@@ -142,9 +142,12 @@ def test_judge_orders_match_separate_passes(tiny_model):
     assert len(engine.heads) == 1
 
 
-def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
+@pytest.mark.parametrize("fold", [0, 64, 10_000])
+def test_shared_prefix_attention_matches_the_plain_forward(tiny_model, monkeypatch, fold):
     """Rows of every kind in one packed forward: a chain of stored segments, a row with its own past, a parent
-    row and its children, a row without prefix, a cropped segment."""
+    row and its children, a row without prefix, a cropped segment; segments attended in place, folded into
+    the private keys (at most FOLD tokens), and both."""
+    monkeypatch.setattr(rain.attention, "FOLD", fold)
     model, _ = tiny_model
 
     def plain(ids):
@@ -154,7 +157,7 @@ def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
         logits, (keys, values) = forward_rows(model, [Row(base=base, tokens=list(ids))])
         return Segment(keys, values, base[-1].end if base else 0, tuple(ids)), logits[0]
 
-    head, mid, a = list(range(5, 60)), list(range(60, 75)), [80, 81]
+    head, mid, a = list(range(5, 105)), list(range(105, 120)), [130, 131]
     s1, logits = stored(head)
     assert torch.allclose(logits, plain(head), atol=1e-5)
     s2, logits = stored(mid, (s1,))
@@ -179,9 +182,10 @@ def test_shared_prefix_attention_matches_the_plain_forward(tiny_model):
 
 
 def test_rows_sharing_a_prefix_attend_to_one_stored_copy():
-    seg = Segment([torch.zeros(2, 50, 8)], [torch.zeros(2, 50, 8)], 0, tuple(range(50)))
-    other = Segment([torch.zeros(2, 5, 8)], [torch.zeros(2, 5, 8)], 0, tuple(range(5)))
-    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)] + [Row(base=(other,), tokens=[2, 3]),
+    seg = Segment([torch.zeros(2, 100, 8)], [torch.zeros(2, 100, 8)], 0, tuple(range(100)))
+    other = Segment([torch.zeros(2, 100, 8)], [torch.zeros(2, 100, 8)], 0, tuple(range(100)))
+    short = Segment([torch.zeros(2, 5, 8)], [torch.zeros(2, 5, 8)], 100, tuple(range(5)))
+    rows = [Row(base=(seg,), tokens=[1]) for _ in range(10)] + [Row(base=(other, short), tokens=[2, 3]),
                                                                   Row(base=(seg,), tokens=[4])]
 
     def readers(sel):  # the packed token indices a group's segment is read by
@@ -191,7 +195,10 @@ def test_rows_sharing_a_prefix_attend_to_one_stored_copy():
     assert [g[0] for g in plan.groups] == [seg, other]
     assert readers(plan.groups[0][1]) == list(range(10)) + [12]  # every row's token reads that one segment
     assert readers(plan.groups[1][1]) == [10, 11]
-    assert plan.private_mask.shape == (13, 13)  # the private part is the rows' own tokens, not the prefix
+    # the private part is the rows' own tokens and the one short segment (copied once, read by row 10 only)
+    assert plan.folded == [short]
+    assert plan.private_mask.shape == (13, 5 + 13)
+    assert plan.private_mask[:, :5].any(dim=1).tolist() == [False] * 10 + [True, True, False]
     assert seg.crop(20).keys[0].data_ptr() == seg.keys[0].data_ptr()  # a crop is a view
 
 
