@@ -133,24 +133,36 @@ judge tail cost more in calls than in copies). Longer segments and shared heads 
 
 def plan_forward(rows: list, device) -> tuple:
     """rows -> (input_ids [1, T], position_ids [1, T], logits indices [n_wanting], Plan)."""
-    ids, starts, offsets = [], [], []
-    for row in rows:
-        if row.parent is not None:
-            starts.append(starts[row.parent] + len(rows[row.parent].tokens))
-        else:
-            starts.append(row.start + row.past_len)
-        offsets.append(len(ids))
-        ids.extend(row.tokens)
-    lengths = torch.tensor([len(row.tokens) for row in rows])
-    owner_t = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-    first = torch.tensor(offsets)
-    pos_t = torch.arange(len(ids)) + (torch.tensor(starts) - first).repeat_interleave(lengths)
-    # which rows each row sees through 'parent' links (itself included)
-    lineage = torch.eye(len(rows), dtype=torch.bool)
+    ids, positions, owner, starts, offsets = [], [], [], [], []
     for r, row in enumerate(rows):
         if row.parent is not None:
-            lineage[r] |= lineage[row.parent]
-    # private keys: the distinct pasts first, then the packed new tokens; a token sees its own row's past keys
+            start = starts[row.parent] + len(rows[row.parent].tokens)
+        else:
+            start = row.start + row.past_len
+        starts.append(start)
+        offsets.append(len(ids))
+        ids.extend(row.tokens)
+        positions.extend(range(start, start + len(row.tokens)))
+        owner.extend([r] * len(row.tokens))
+    owner_t, pos_t = torch.tensor(owner), torch.tensor(positions)
+    # the new tokens: a token sees the earlier tokens of its own row and the rows it continues ('parent' links)
+    same_or_causal = (owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1))
+    if any(row.parent is not None for row in rows):
+        lineage = torch.eye(len(rows), dtype=torch.bool)
+        for r, row in enumerate(rows):
+            if row.parent is not None:
+                lineage[r] |= lineage[row.parent]
+        new_mask = lineage[owner_t][:, owner_t] & same_or_causal
+    else:
+        new_mask = (owner_t.unsqueeze(0) == owner_t.unsqueeze(1)) & same_or_causal
+    # stored segments: each read by the tokens of every row whose chain holds it (children use their parent's)
+    by_segment: dict = {}
+    for r, row in enumerate(rows):
+        for seg in row.base:
+            by_segment.setdefault(id(seg), (seg, []))[1].append(r)
+    folded = [(seg, members) for seg, members in by_segment.values() if not seg.shared and seg.length <= FOLD]
+    # the other private keys, decided per row then spread to its tokens: the distinct pasts (a row sees the keys
+    # it owns in its own past), then the folded segments (a row sees those of its chain)
     pasts, index, tags, row_tag = [], {}, [], []
     for row in rows:
         if row.past is None:
@@ -161,23 +173,13 @@ def plan_forward(rows: list, device) -> tuple:
             tags.append(row.past.owners + len(pasts) * _TAG)
             pasts.append(row.past)
         row_tag.append(index[id(row.past)] * _TAG + row.past_id)
-    token_tag = torch.tensor(row_tag)[owner_t]
-    past_tags = torch.cat(tags) if tags else torch.empty(0, dtype=torch.long)
-    past_mask = token_tag.unsqueeze(1) == past_tags.unsqueeze(0)
-    new_mask = lineage[owner_t][:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1))
-                                               | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)))
-    # stored segments: each read by the tokens of every row whose chain holds it (children use their parent's)
-    by_segment: dict = {}
-    for r, row in enumerate(rows):
-        for seg in row.base:
-            by_segment.setdefault(id(seg), (seg, []))[1].append(r)
-    folded = [(seg, members) for seg, members in by_segment.values() if not seg.shared and seg.length <= FOLD]
-    fold_mask = torch.zeros(len(rows), len(folded), dtype=torch.bool)
-    for f, (_, members) in enumerate(folded):
-        fold_mask[members, f] = True
-    fold_mask = fold_mask[owner_t].repeat_interleave(torch.tensor([seg.length for seg, _ in folded],
-                                                                  dtype=torch.long), dim=1)
-    private_mask = torch.cat([past_mask, fold_mask, new_mask], dim=1)
+    parts = []
+    if pasts:
+        parts.append(torch.tensor(row_tag).unsqueeze(1) == torch.cat(tags).unsqueeze(0))
+    if folded:
+        reads = torch.tensor([[r in members for _, members in folded] for r in range(len(rows))], dtype=torch.bool)
+        parts.append(reads[:, [f for f, (seg, _) in enumerate(folded) for _ in range(seg.length)]])
+    private_mask = torch.cat([torch.cat(parts, dim=1)[owner_t], new_mask], dim=1) if parts else new_mask
     groups = []
     for seg, members in by_segment.values():
         if not seg.shared and seg.length <= FOLD:
