@@ -244,21 +244,23 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
         plan.bias = torch.zeros(plan.private_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
             ~plan.private_mask, float("-inf")).repeat(groups, 1)
     q = query[0].view(kv_heads, groups, total, dim)
-    # every part of the keys (the private ones, then each stored segment) gives (out, lse) for its tokens;
-    # the parts are merged at the end by their log-sum-exp
-    outs = query.new_zeros((len(plan.groups) + 1, kv_heads, groups, total, dim), dtype=torch.float32)
-    lses = query.new_full((len(plan.groups) + 1, kv_heads, groups, total), float("-inf"), dtype=torch.float32)
-    outs[0], lses[0] = _attend(q, keys, values, scale, softcap, plan.bias, plan.private_mask)
-    for part, (seg, idx) in enumerate(plan.groups, start=1):
-        if isinstance(idx, slice):
-            outs[part, :, :, idx], lses[part, :, :, idx] = _attend(q[:, :, idx], seg.keys[layer], seg.values[layer],
-                                                                   scale, softcap)
+    # the private keys give (out, lse) for every token; each stored segment then for the tokens that read it,
+    # merged in exactly by log-sum-exp: out <- out + sigmoid(lse_seg - lse) (out_seg - out), lse <- logaddexp
+    out, lse = _attend(q, keys, values, scale, softcap, plan.bias, plan.private_mask)
+    for seg, sel in plan.groups:
+        whole = isinstance(sel, slice) and sel.start == 0 and sel.stop == total
+        part = q if whole else q[:, :, sel] if isinstance(sel, slice) else q.index_select(2, sel)
+        o2, l2 = _attend(part, seg.keys[layer], seg.values[layer], scale, softcap)
+        o1, l1 = (out, lse) if whole else (out[:, :, sel], lse[:, :, sel]) if isinstance(sel, slice) else \
+            (out.index_select(2, sel), lse.index_select(2, sel))
+        o, l = torch.lerp(o1, o2, torch.sigmoid(l2 - l1).unsqueeze(-1)), torch.logaddexp(l1, l2)
+        if whole:
+            out, lse = o, l
+        elif isinstance(sel, slice):
+            out[:, :, sel], lse[:, :, sel] = o, l
         else:
-            o, lse = _attend(q.index_select(2, idx), seg.keys[layer], seg.values[layer], scale, softcap)
-            outs[part].index_copy_(2, idx, o)
-            lses[part].index_copy_(2, idx, lse)
-    weights = torch.softmax(lses, dim=0).unsqueeze(-1)
-    out = (outs * weights).sum(dim=0)
+            out.index_copy_(2, sel, o)
+            lse.index_copy_(2, sel, l)
     return out.to(query.dtype).reshape(heads, total, dim).transpose(0, 1).unsqueeze(0), None
 
 
