@@ -5,6 +5,7 @@
     python bench/bench_batch.py memory [--baseline DIR]   # one expansion step: KV bytes and peak memory vs context
     python bench/bench_batch.py all    [--baseline DIR] [--out FILE]
     ... tiny|cpu --leaves K                               # one more row: the largest B with search.leaves_per_step=K
+    ... tiny|cpu --repeat N                               # every row N times, taking turns; the median run is reported
 
 `--baseline DIR` is a checkout of an earlier revision of this project (e.g. `git worktree add /tmp/baseline
 62d99cd`, the one-prompt-at-a-time engine before batching): its engine is measured on the same workload in
@@ -111,22 +112,26 @@ def throughput(name: str, model: str, batch_sizes: list, args, *, baseline: bool
     overrides = [f"max_total_iterations={args.cap}", "max_new_tokens=64"]
     spec = {"model": model, "config": str(ROOT / "configs" / "hh.yaml"), "overrides": overrides,
             "questions": questions, "threads": args.threads}
-    rows = []
+    runs = []  # (label, spec, pythonpath)
     if baseline and args.baseline:
         base = Path(args.baseline).resolve()
-        spec_b = dict(spec, config=str(base / "configs" / "hh.yaml"), batch_size=1)
-        rows.append(("baseline (one at a time)", child(CHILD, spec_b, pythonpath=base)))
-        print(f"[{name}] baseline done: {rows[-1][1]['seconds']:.1f} s", file=sys.stderr, flush=True)
-    for b in batch_sizes:
-        rows.append((f"B = {b}", child(CHILD, dict(spec, batch_size=b), pythonpath=ROOT)))
-        print(f"[{name}] B = {b} done: {rows[-1][1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+        runs.append(("baseline (one at a time)", dict(spec, config=str(base / "configs" / "hh.yaml"), batch_size=1),
+                     base))
+    runs += [(f"B = {b}", dict(spec, batch_size=b), ROOT) for b in batch_sizes]
     if args.leaves:  # a different search (not the paper's): its answers are not expected to equal the others
         b = max(batch_sizes)
-        label = f"B = {b}, leaves = {args.leaves}"
-        spec_k = dict(spec, batch_size=b, overrides=overrides + [f"leaves_per_step={args.leaves}"])
-        rows.append((label, child(CHILD, spec_k, pythonpath=ROOT)))
-        print(f"[{name}] {label} done: {rows[-1][1]['seconds']:.1f} s", file=sys.stderr, flush=True)
-    return rows
+        runs.append((f"B = {b}, leaves = {args.leaves}",
+                     dict(spec, batch_size=b, overrides=overrides + [f"leaves_per_step={args.leaves}"]), ROOT))
+    # --repeat N: the runs take turns N times (a shared machine's speed drifts over minutes); each row is the
+    # run of median time
+    results: dict = {label: [] for label, _, _ in runs}
+    for turn in range(args.repeat):
+        for label, spec_r, path in runs:
+            results[label].append(child(CHILD, spec_r, pythonpath=path))
+            print(f"[{name}] {label} done (turn {turn + 1}): {results[label][-1]['seconds']:.1f} s", file=sys.stderr,
+                  flush=True)
+    return [(label, sorted(results[label], key=lambda r: r["seconds"])[(args.repeat - 1) // 2])
+            for label, _, _ in runs]
 
 
 def throughput_table(title: str, rows: list) -> str:
@@ -261,6 +266,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=int, default=16, help="inner iterations per prompt (max_total_iterations)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per child")
     parser.add_argument("--out", help="also write the tables to this file")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="tiny/cpu: run every row this many times, taking turns; report the median")
     parser.add_argument("--leaves", type=int, default=0,
                         help="tiny/cpu: one more row at the largest B with search.leaves_per_step=K (0: none)")
     args = parser.parse_args(argv)
