@@ -19,6 +19,7 @@ peak GPU memory of B = 16 searches over ~2k-token contexts (above the weights).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -47,7 +48,8 @@ class RandomMiniLM:
         config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                             intermediate_size=1536, max_position_embeddings=512)
         self.model = BertModel(config).to(device=device, dtype=dtype).eval()
-        self.tokenizer, self.device, self.calls = tokenizer, device, 0
+        # its own copy: drive calls the embedder on a second thread while the search uses the LM's tokenizer
+        self.tokenizer, self.device, self.calls = copy.deepcopy(tokenizer), device, 0
 
     @torch.no_grad()
     def embed(self, texts):

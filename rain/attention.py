@@ -160,7 +160,9 @@ def plan_forward(rows: list, device) -> tuple:
     for r, row in enumerate(rows):
         for seg in row.base:
             by_segment.setdefault(id(seg), (seg, []))[1].append(r)
-    folded = [(seg, members) for seg, members in by_segment.values() if not seg.shared and seg.length <= FOLD]
+    folded, in_place = [], []
+    for seg, members in by_segment.values():
+        (folded if not seg.shared and seg.length <= FOLD else in_place).append((seg, members))
     # the other private keys, decided per row then spread to its tokens: the distinct pasts (a row sees the keys
     # it owns in its own past), then the folded segments (a row sees those of its chain)
     pasts, index, tags, row_tag = [], {}, [], []
@@ -181,9 +183,7 @@ def plan_forward(rows: list, device) -> tuple:
         parts.append(reads[:, [f for f, (seg, _) in enumerate(folded) for _ in range(seg.length)]])
     private_mask = torch.cat([torch.cat(parts, dim=1)[owner_t], new_mask], dim=1) if parts else new_mask
     groups = []
-    for seg, members in by_segment.values():
-        if not seg.shared and seg.length <= FOLD:
-            continue
+    for seg, members in in_place:
         if members == list(range(members[0], members[-1] + 1)):  # consecutive rows: consecutive tokens
             end = offsets[members[-1]] + len(rows[members[-1]].tokens)
             groups.append((seg, slice(offsets[members[0]], end)))

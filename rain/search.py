@@ -523,7 +523,8 @@ def drive(searcher, tasks, batch_size: int = 1) -> Iterator[tuple]:
     """Run search generators, up to `batch_size` at a time, serving their requests together: one engine
     forward per round for all LM work, and one embedder call for every search waiting on embeddings, run on
     a second thread beside the forwards (the searches it serves wait for it; the others go on; the next call
-    starts when it ends and takes every Embed waiting then).
+    starts when it ends and takes every Embed waiting then; an embedder must not share a tokenizer object
+    with the searches, as the built-in one does not).
     `tasks` is an iterable of (key, generator), or a `queue.Queue` of them for a long-lived service (a free
     slot takes a queued task at the next round; an idle driver waits; a None item ends it). Yields
     (key, result) as each finishes (the exception if it raised). Only `searcher.engine` and
