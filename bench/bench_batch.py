@@ -151,6 +151,7 @@ def throughput_table(title: str, rows: list) -> str:
             f"| {forwards / r['prompts']:.0f} | {r['rows'] / r['forwards'] if 'rows' in r else 1:.1f} "
             f"| {per(lm, r['iterations'], '.4f')} | {per(r.get('embed_seconds'), r['iterations'], '.4f')} "
             f"| {per(None if lm is None else r['seconds'] - lm, r['seconds'], '.0%')} | {r['peak_rss_mb']:.0f} |")
+    lines.append("")
     first = dict(rows)
     ones = [r for label, r in rows if label == "B = 1"]
     if ones:
@@ -159,7 +160,7 @@ def throughput_table(title: str, rows: list) -> str:
             if label.startswith("B = ") and label != "B = 1":
                 same = ("another search, answers not compared" if "leaves" in label
                         else f"same answers: {r['answers'] == one['answers']}")
-                lines.append(f"\n- {label} vs B = 1: {one['seconds'] / r['seconds']:.2f}x prompts/hour, "
+                lines.append(f"- {label} vs B = 1: {one['seconds'] / r['seconds']:.2f}x prompts/hour, "
                              f"{one['forwards'] / r['forwards']:.1f}x fewer sequential forwards per prompt, "
                              f"{(one['forwards'] / one['iterations']) / (r['forwards'] / r['iterations']):.1f}x "
                              f"per inner iteration; {same}")
