@@ -12,8 +12,9 @@ tokenizer's. Official constants (configs/hh.yaml), a fixed cap of inner iteratio
 
 Prints: seconds per inner iteration and prompts/hour at B = 1 and B = 16 (and the ratio), the
 RAIN / cached-vanilla time ratio (transformers' generate with its KV cache, greedy, same prompts and
-token budget), the share of wall time outside the engine's forward passes (non-LM work), and the
-peak GPU memory of B = 16 searches over ~2k-token contexts (above the weights).
+token budget), the share of wall time outside the engine's forward passes (non-LM work), the peak GPU
+memory of B = 16 searches over ~2k-token contexts (above the weights), and B = 16 with
+search.leaves_per_step=4 (the opt-in virtual loss; `--leaves 0` skips it).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=16, help="prompts for the B = 16 run (B = 1 runs 2)")
     parser.add_argument("--cap", type=int, default=8, help="inner iterations per prompt")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--leaves", type=int, default=4,
+                        help="also B = 16 with search.leaves_per_step=K (opt-in virtual loss; 0 or 1: skip)")
     parser.add_argument("--out", help="also write the figures as JSON")
     args = parser.parse_args(argv)
 
@@ -182,6 +185,11 @@ def main(argv=None) -> int:
     figures["B16"] = run_searches(searcher, questions, 16, device)
     print("B = 16:", json.dumps(figures["B16"]), flush=True)
     figures["B16_vs_B1_prompts_per_hour"] = figures["B16"]["prompts_per_hour"] / figures["B1"]["prompts_per_hour"]
+    if args.leaves > 1:  # the opt-in knob, beside: a different search, so only its cost is comparable
+        leaves = rain.Searcher(model, tokenizer, cfg.replace(search={"leaves_per_step": args.leaves}), embedder=embedder,
+                               engine=searcher.engine)
+        figures["B16_leaves"] = dict(run_searches(leaves, questions, 16, device), leaves_per_step=args.leaves)
+        print(f"B = 16, leaves_per_step = {args.leaves}:", json.dumps(figures["B16_leaves"]), flush=True)
     van = vanilla(model, tokenizer, questions[:2], cfg, args.new_tokens, device)
     figures["vanilla"] = van
     figures["rain_over_vanilla_time_B1"] = (figures["B1"]["seconds"] / max(figures["B1"]["new_tokens"], 1)) / (
