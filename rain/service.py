@@ -28,7 +28,7 @@ from .search import GenerationResult, PromptTooLong, Searcher, Stats, drive, sta
 log = logging.getLogger("rain.serve")
 
 OVERRIDES = ("max_iterations", "min_fresh_iterations", "max_total_iterations", "min_visits", "value_threshold",
-             "similarity_threshold", "c_puct", "temperature")
+             "similarity_threshold", "c_puct", "temperature", "leaves_per_step")
 """search.* fields a request may set in its `rain` extension object (beside `mode`)."""
 MODES = ("rain", "vanilla")
 

@@ -236,8 +236,8 @@ def test_a_stop_string_cuts_the_answer_plain_and_streamed(server):
 
 def test_eight_concurrent_requests_answer_as_they_do_one_at_a_time(server):
     client = server.client()
-    overrides = [{}, {"max_iterations": 4}, {}, {"mode": "vanilla"}, {"c_puct": 1.0}, {}, {"min_fresh_iterations": 3},
-                 {}]
+    overrides = [{}, {"max_iterations": 4}, {}, {"mode": "vanilla"}, {"c_puct": 1.0}, {"leaves_per_step": 3},
+                 {"min_fresh_iterations": 3}, {}]
 
     def ask(i):
         return client.chat.completions.create(model=MODEL, messages=user(QUESTIONS[i]), seed=100 + i,
@@ -267,6 +267,8 @@ def test_eight_concurrent_requests_answer_as_they_do_one_at_a_time(server):
     ({"messages": user("hi"), "extra_body": {"rain": {"max_iterations": 0}}}, openai.UnprocessableEntityError, 422,
      "rain.max_iterations must be >= 1, got 0"),
     ({"extra_body": {"rain": {"value_threshold": 3}}}, openai.UnprocessableEntityError, 422, "value_threshold"),
+    ({"extra_body": {"rain": {"leaves_per_step": 0}}}, openai.UnprocessableEntityError, 422,
+     "rain.leaves_per_step must be >= 1, got 0"),
     ({"extra_body": {"rain": {"engine": "reference"}}}, openai.UnprocessableEntityError, 422, "rain.engine"),
     ({"extra_body": {"rain": {"mode": "both"}}}, openai.UnprocessableEntityError, 422, "mode"),
     ({"extra_body": {"rain": {"max_iterations": "many"}}}, openai.UnprocessableEntityError, 422, "an int"),
