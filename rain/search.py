@@ -13,8 +13,9 @@ Paper symbols and names used here:
 Shape: a `Searcher` is long-lived (model, engine, evaluator, embedder, config); a `SearchState` is one
 question's search (tree, answer, memo, statistics, random generator). `Searcher.search(state)` is a
 generator: it yields what it needs from the LM (`rain.lm` requests) and the embedder (`Embed`), and
-`drive` serves the requests of up to B searches together, in shared forward passes and one embedder
-call per round. A search's answer depends only on its own requests' results, so B does not change it.
+`drive` serves the requests of up to B searches together, in shared forward passes, with the embedder
+on a second thread beside them. A search's answer depends only on its own requests' results, so neither B
+nor timing changes it.
 
 Knows: the algorithm of RAIN_ALGORITHM.md §1 with the official constants (config defaults) and
 the fixes listed in docs/deviations.md. Does not know: how the LM is run (which engine), how a
