@@ -6,6 +6,7 @@
     python bench/bench_batch.py all    [--baseline DIR] [--out FILE]
     ... tiny|cpu --leaves K                               # one more row: the largest B with search.leaves_per_step=K
     ... tiny|cpu --repeat N                               # every row N times, taking turns; the median run is reported
+    ... tiny|cpu --prompts N                              # N prompts (the 8 in turn, seed i): the steady state at B < N
 
 `--baseline DIR` is a checkout of an earlier revision of this project (e.g. `git worktree add /tmp/baseline
 62d99cd`, the one-prompt-at-a-time engine before batching): its engine is measured on the same workload in
@@ -108,7 +109,8 @@ def tiny_model_dir() -> Path:
 
 
 def throughput(name: str, model: str, batch_sizes: list, args, *, baseline: bool) -> list:
-    questions = demo_questions()
+    demo = demo_questions()
+    questions = [demo[i % len(demo)] for i in range(args.prompts)]  # prompt i is searched with seed i
     overrides = [f"max_total_iterations={args.cap}", "max_new_tokens=64"]
     spec = {"model": model, "config": str(ROOT / "configs" / "hh.yaml"), "overrides": overrides,
             "questions": questions, "threads": args.threads}
@@ -265,6 +267,9 @@ def main(argv=None) -> int:
     parser.add_argument("what", choices=("tiny", "cpu", "memory", "all"))
     parser.add_argument("--baseline", help="checkout of an earlier revision to measure beside this one")
     parser.add_argument("--cap", type=int, default=16, help="inner iterations per prompt (max_total_iterations)")
+    parser.add_argument("--prompts", type=int, default=8,
+                        help="tiny/cpu: this many prompts, the 8 demo prompts in turn, prompt i with seed i (more than "
+                             "B shows the steady state, where a finished search's slot takes the next prompt)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per child")
     parser.add_argument("--out", help="also write the tables to this file")
     parser.add_argument("--repeat", type=int, default=1,
