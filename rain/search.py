@@ -314,12 +314,10 @@ class Searcher:
     def _iterate(self, st: SearchState, root: Node):
         """One inner iteration. -> (the root child it went through or None, that child's value before)."""
         node = yield from self._select(st, root)
-        path = node.path_from(root)
-        branch = path[0] if path else None
-        before = branch.value if branch is not None else 0.0
+        branch = _branch(node, root)
         outcome = yield from self._simulate(st, root, node, st.gen)
         self._finish(st, root, node, outcome)
-        return branch, before
+        return branch
 
     def _step(self, st: SearchState, root: Node, k: int, counted: Callable):
         """Up to k inner iterations at once (search.leaves_per_step; not the paper's algorithm). Leaves are selected
@@ -343,11 +341,9 @@ class Searcher:
             for node, _ in chosen:
                 add_virtual_loss(node, root, -1)
         for (node, _), outcome in zip(chosen, outcomes):
-            path = node.path_from(root)
-            branch = path[0] if path else None
-            before = branch.value if branch is not None else 0.0
+            branch = _branch(node, root)
             self._finish(st, root, node, outcome)
-            counted(branch, before)
+            counted(*branch)
         return len(chosen)
 
     def _select(self, st: SearchState, root: Node):
@@ -403,7 +399,7 @@ class Searcher:
         text = self.rules.text(self.tokenizer, answer)
         new_texts = list(dict.fromkeys(t for t in texts if t not in st.embedded))
         embed = Embed(new_texts) if new_texts else None
-        requests, fresh = [], text not in st.memo  # fixed now: an iteration running beside may fill the memo
+        requests, fresh = [], text not in st.memo  # decided now: an iteration running beside may fill the memo
         if not fresh:
             st.stats.judge_cache_hits += 1
             value = st.memo[text]
@@ -478,6 +474,12 @@ class Searcher:
                                     keep=2)
             added = widen_with(node, fresh + node.candidates, uniform_mix=mix)
         st.stats.widenings += len(added)
+
+
+def _branch(leaf: Node, root: Node) -> tuple:
+    """(the root child on the way to `leaf`, or None at the root; its value now, else 0.0)."""
+    path = leaf.path_from(root)
+    return (path[0], path[0].value) if path else (None, 0.0)
 
 
 def _together(gens: list):

@@ -89,9 +89,8 @@ def puct_score(child: Node, parent_visits: float, *, c: float, bounds: ValueBoun
 
 def select_child(node: Node, *, c: float, bounds: ValueBounds, unvisited: float = 0.0) -> Node:
     """The child maximising the PUCT score (first in proposal order on ties); virtual losses included."""
-    parent_visits = node.visits + node.pending if node.pending else node.visits
     return max(node.children.values(),
-               key=lambda ch: puct_score(ch, parent_visits, c=c, bounds=bounds, unvisited=unvisited))
+               key=lambda ch: puct_score(ch, node.visits + node.pending, c=c, bounds=bounds, unvisited=unvisited))
 
 
 def add_virtual_loss(leaf: Node, root: Node, n: int = 1) -> None:
