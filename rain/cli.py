@@ -184,7 +184,8 @@ def generate_main(argv: list) -> int:
 
 
 def run_main(argv: list) -> int:
-    from .parallel import default_config_path, launcher_main
+    from .config import default_config_path
+    from .parallel import launcher_main
 
     benchmarks = {"hh": "HH", "adv": "adv", "truth": "truth"}
     if not argv or argv[0].lower() not in benchmarks:
@@ -218,7 +219,7 @@ def calibrate_main(argv: list) -> int:
     from tqdm import tqdm
 
     from .calibrate import CachedJudge, benchmark_sets, calibrate, format_table, judge_identity, make_judge
-    from .config import config_dir
+    from .config import default_config_path
     from .fileio import atomic_write_text, check_writable_dir
     from .judge.cache import VerdictCache
     from .judge.config import JudgeError
@@ -230,7 +231,7 @@ def calibrate_main(argv: list) -> int:
             raise ValueError(f"benchmark must be HH or truth, got {args.benchmark!r}")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        cfg = rain.load_config([config_dir() / f"{bench.lower()}.yaml"] + args.config, rest)
+        cfg = rain.load_config([default_config_path(bench)] + args.config, rest)
         sets = benchmark_sets(bench, args.data, args.limit)
         out = Path(args.out or f"calibration-{bench.lower()}-{Path(cfg.model.name).name}.json")
         check_writable_dir(out.parent)  # before any verdict is computed

@@ -210,9 +210,8 @@ class JudgeConfig:
         _check(len(self.options_files) >= 1, "judge.options_files", "a non-empty list", list(self.options_files))
         for name in ("options_files", "good_options", "bad_options"):
             for index, value in enumerate(getattr(self, name)):
-                hint = f" ({YAML_BOOLEAN_HINT})" if isinstance(value, bool) else ""
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"judge.{name}[{index}] must be a non-empty string, got {value!r}{hint}")
+                _check(isinstance(value, str) and bool(value.strip()), f"judge.{name}[{index}]", "a non-empty string",
+                       value)
         n = len(self.options_files)
         _check(len(self.good_options) == n, "judge.good_options", f"a list of {n} (one per options file)",
                list(self.good_options))
@@ -412,6 +411,11 @@ def config_dir() -> Path:
     if (checkout / "base.yaml").is_file():
         return checkout
     return Path(str(importlib.resources.files("rain") / "configs"))
+
+
+def default_config_path(benchmark: str) -> Path:
+    """The benchmark's shipped config (configs/hh.yaml, ...), in a checkout or an installed package."""
+    return config_dir() / f"{benchmark.lower()}.yaml"
 
 
 def config_path(name: str | Path) -> Path:

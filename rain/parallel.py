@@ -32,11 +32,11 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from rain.config import RainConfig, config_dir, load_config
-from rain.fileio import OutputError, atomic_write_text, check_writable_dir, plain_warnings
+from rain.config import RainConfig, load_config
+from rain.fileio import atomic_write_text, check_writable_dir, plain_warnings
 from rain.records import RunPaths, collect, done_ids, merge, repair_shard, run_name, write_or_check_meta
 from rain.runlock import RunLock
-from rain.tasks import PROJECT_ROOT, Item, load_items, load_selection
+from rain.tasks import PROJECT_ROOT, load_items, load_selection
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 """What a user's mistake or the environment raises here: DataError, ModelError, OutputError, RunBusy and config
@@ -130,15 +130,6 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 # ----------------------------------------------------------------------------- the launch
 
-def check_writable(outdir: Path) -> Optional[str]:
-    """None if results can be written under `outdir`, else the reason."""
-    try:
-        check_writable_dir(outdir)
-    except OutputError as err:
-        return str(err)
-    return None
-
-
 def preflight(cfg: RainConfig, *, answerer: Optional[str]) -> None:
     """Cheap checks before any worker starts, so that a mistake costs seconds, not a model load per worker:
     prompt files, judge options and (for the default answerer) that the model can be found and its device
@@ -226,9 +217,9 @@ def _worker_error(log: Path) -> Optional[str]:
     return lines[-1][len(WORKER_ERROR):] if lines else None
 
 
-def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, items: list[Item], total: int, nump: int,
+def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, total: int, nump: int,
                  answerer: Optional[str], poll_s: float, lock: RunLock) -> int:
-    """Start the workers on the unfinished prompts and check them; returns the exit status (0: all done)."""
+    """Start the workers on the unfinished prompts and wait for them; returns the exit status (0: none failed)."""
     procs = _start_workers(cfg, paths, todo, nump=nump, answerer=answerer, lock=lock)
     # A launcher stopped with SIGTERM stops its workers too (no orphans writing to the shards).
     previous = signal.signal(signal.SIGTERM, lambda *_: [proc.terminate() for proc in procs])
@@ -242,15 +233,7 @@ def _answer_todo(cfg: RainConfig, paths: RunPaths, todo: list[int], *, items: li
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    status = _report_failures(codes, paths)
-    if status:
-        return status
-    missing = sorted(set(todo) - done_ids(paths, items, retry_errors=False))
-    if missing:
-        print(f"rain: the workers exited normally but {len(missing)} prompts have no record (first ids: "
-              f"{missing[:5]}); rerun the same command to answer them", file=sys.stderr)
-        return 1
-    return 0
+    return _report_failures(codes, paths)
 
 
 def launch(cfg: RainConfig, *, nump: int, answerer: Optional[str] = None, poll_s: float = 1.0) -> int:
@@ -285,13 +268,19 @@ def _launch_locked(cfg: RainConfig, paths: RunPaths, *, nump: int, answerer: Opt
     todo = [item.id for item in items if item.id not in finished]
     if not todo:
         print(f"rain: all {len(items)} prompts are already answered", flush=True)
-    status = _answer_todo(cfg, paths, todo, items=items, total=len(items), nump=nump, answerer=answerer,
-                          poll_s=poll_s, lock=lock) if todo else 0
+    status = _answer_todo(cfg, paths, todo, total=len(items), nump=nump, answerer=answerer, poll_s=poll_s,
+                          lock=lock) if todo else 0
     if status:
         return status
-    merged = merge(paths, items=items)
+    records = collect(paths, items=items)  # read once: checked, merged and reported
+    missing = sorted(set(todo) - {record["id"] for record in records})
+    if missing:
+        print(f"rain: the workers exited normally but {len(missing)} prompts have no record (first ids: "
+              f"{missing[:5]}); rerun the same command to answer them", file=sys.stderr)
+        return 1
+    merged = merge(paths, records=records)
     print(f"rain: merged {len(items)} records into {merged}", flush=True)
-    return _report_errors(collect(paths, items=items))
+    return _report_errors(records)
 
 
 def _report_errors(records: list[dict]) -> int:
@@ -326,7 +315,7 @@ def launcher_parser(benchmark: str) -> argparse.ArgumentParser:
     parser.add_argument("--end", "--e", type=int, help="one past the last prompt id (run.end)")
     parser.add_argument("--limit", type=int, help="at most this many prompts (run.limit)")
     parser.add_argument("--merge-only", action="store_true", help="only merge the finished shards")
-    parser.add_argument("--retry-errors", action="store_true",
+    parser.add_argument("--retry-errors", action="store_true", default=None,
                         help="answer again the prompts recorded with status 'error' (run.retry_errors)")
     parser.add_argument("--answerer", help="module:function making the per-prompt answer function "
                                            "(default: rain.worker.default_answerer)")
@@ -334,7 +323,8 @@ def launcher_parser(benchmark: str) -> argparse.ArgumentParser:
 
 
 _FLAG_KEYS = {"data": "run.data", "outdir": "run.outdir", "name": "run.name", "mode": "run.mode",
-              "model": "model.name", "start": "run.start", "end": "run.end", "limit": "run.limit"}
+              "model": "model.name", "start": "run.start", "end": "run.end", "limit": "run.limit",
+              "retry_errors": "run.retry_errors"}
 
 
 def resolve_config(args: argparse.Namespace, overrides: list[str], *, benchmark: str,
@@ -342,7 +332,6 @@ def resolve_config(args: argparse.Namespace, overrides: list[str], *, benchmark:
     """Default config, then --config files, then key=value overrides, then the named flags."""
     flags = [f"{key}={json.dumps(getattr(args, name))}" for name, key in _FLAG_KEYS.items()
              if getattr(args, name) is not None]
-    flags += ["run.retry_errors=true"] if getattr(args, "retry_errors", False) else []
     cfg = load_config([default_config] + args.config, overrides + flags)
     if cfg.run.benchmark != benchmark:
         raise ValueError(f"this launcher runs run.benchmark={benchmark}, but the config sets "
@@ -373,6 +362,3 @@ def launcher_main(argv: Optional[list[str]] = None, *, benchmark: str, default_c
         return 130
 
 
-def default_config_path(benchmark: str) -> Path:
-    """The benchmark's shipped config (configs/hh.yaml, ...), in a checkout or an installed package."""
-    return config_dir() / f"{benchmark.lower()}.yaml"

@@ -257,15 +257,16 @@ def _rank(record: dict) -> int:
     return STATUS_RANK.get(record.get("status", "ok"), 0)
 
 
-def _write_json(path: Path, data, *, what_to_do: str = "free disk space or fix the folder's permissions, "
-                                                           "then rerun") -> None:
-    """Write JSON atomically (temporary file, then rename); OutputError, with no temporary file left, on failure."""
-    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n", what_to_do=what_to_do)
+def _write_json(path: Path, data, **kwargs) -> None:
+    """Write JSON atomically (fileio.atomic_write_text: its errors and its default advice unless given)."""
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n", **kwargs)
 
 
-def merge(paths: RunPaths, *, ids: Optional[list[int]] = None, items: Optional[list[Item]] = None) -> Path:
-    """Write ``<name>.json``: the finished records (of `ids` or `items`, if given) as a JSON list ordered by id."""
-    _write_json(paths.merged, collect(paths, ids=ids, items=items),
+def merge(paths: RunPaths, *, ids: Optional[list[int]] = None, items: Optional[list[Item]] = None,
+          records: Optional[list[dict]] = None) -> Path:
+    """Write ``<name>.json``: the finished records (of `ids` or `items`, if given; or `records`, already
+    collected) as a JSON list ordered by id."""
+    _write_json(paths.merged, collect(paths, ids=ids, items=items) if records is None else records,
                 what_to_do="free disk space, then merge again with --merge-only (the finished records are safe "
                            f"in {paths.parts})")
     return paths.merged
@@ -305,13 +306,15 @@ def write_or_check_meta(paths: RunPaths, cfg, *, hardware: dict, selection: Opti
         _write_json(paths.meta, meta)
         return None
     old = _read_meta(paths.meta)
-    started = any(read_shard(path) for path in paths.shard_files())
+    def started() -> bool:  # read only when it decides something
+        return any(read_shard(path) for path in paths.shard_files())
+
     content_checked = bool(old.get("prompts")) and prompts is not None
     old_config = old.get("config", {})
     differ = (_differences(comparable(old_config, content_checked=content_checked),
                            comparable(config, content_checked=content_checked))
               if isinstance(old_config, dict) and isinstance(old_config.get("run"), dict) else ["config"])
-    if differ and not started:
+    if differ and not started():
         _write_json(paths.meta, meta)
         return f"replaced the header of {paths.name}, whose first launch wrote no record ({', '.join(differ)})"
     if differ:
@@ -319,7 +322,7 @@ def write_or_check_meta(paths: RunPaths, cfg, *, hardware: dict, selection: Opti
                          "resume with the same config, or pass --name / --outdir for a new run")
     if not content_checked or old["prompts"].get("fingerprint") == prompts["fingerprint"]:
         return None
-    if not started:
+    if not started():
         _write_json(paths.meta, meta)
         return None
     stale = _stale_ids(paths, selection)

@@ -20,6 +20,7 @@ naming the file, the line (or list item) and the field.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import importlib.resources
@@ -58,7 +59,7 @@ class Item:
     extra: dict = field(default_factory=dict)
     """Benchmark fields copied into the output record (truth: best_answer, source, ...)."""
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Fingerprint of the prompt's content (prompt and benchmark fields): resume matches records by id AND key."""
         return content_key(self.prompt, self.extra)

@@ -33,8 +33,8 @@ from typing import Callable, Iterator, Optional
 
 from rain.config import RainConfig, load_config
 from rain.fileio import check_writable_dir, plain_warnings
-from rain.records import RunPaths, ShardWriter, done_ids, error_record, merge, ok_record, run_name, skipped_record, \
-    write_or_check_meta
+from rain.records import (RunPaths, ShardWriter, collect, done_ids, error_record, merge, ok_record, run_name,
+                          skipped_record, write_or_check_meta)
 from rain.runlock import RunLock, stop_with_parent
 from rain.tasks import Item, length_filter_text, load_items, load_selection
 
@@ -258,9 +258,10 @@ def run_shard(cfg: RainConfig, *, rank: Rank, items: Optional[list[Item]] = None
 def merge_if_complete(cfg: RainConfig, *, items: list[Item]) -> Optional[Path]:
     """Write the merged JSON if every selected prompt is finished (used by torchrun ranks)."""
     paths = RunPaths(Path(cfg.run.outdir), run_name(cfg))
-    if not {item.id for item in items} <= done_ids(paths, items):
+    records = collect(paths, items=items)
+    if not {item.id for item in items} <= {record["id"] for record in records}:
         return None
-    return merge(paths, items=items)
+    return merge(paths, records=records)
 
 
 # ----------------------------------------------------------------------------- entry point
