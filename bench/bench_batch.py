@@ -108,14 +108,14 @@ def tiny_model_dir() -> Path:
     return tiny.build_tiny(folder)
 
 
-def throughput(name: str, model: str, batch_sizes: list, args, *, baseline: bool) -> list:
+def throughput(name: str, model: str, batch_sizes: list, args) -> list:
     demo = demo_questions()
     questions = [demo[i % len(demo)] for i in range(args.prompts)]  # prompt i is searched with seed i
     overrides = [f"max_total_iterations={args.cap}", "max_new_tokens=64"]
     spec = {"model": model, "config": str(ROOT / "configs" / "hh.yaml"), "overrides": overrides,
             "questions": questions, "threads": args.threads}
     runs = []  # (label, spec, pythonpath)
-    if baseline and args.baseline:
+    if args.baseline:
         base = Path(args.baseline).resolve()
         runs.append(("baseline (one at a time)", dict(spec, config=str(base / "configs" / "hh.yaml"), batch_size=1),
                      base))
@@ -284,10 +284,10 @@ def main(argv=None) -> int:
              f"{transformers.__version__}, {args.threads} thread(s) per child; cap {args.cap} inner iterations per "
              f"prompt; command: python bench/bench_batch.py {' '.join(argv or sys.argv[1:])}\n"]
     if args.what in ("tiny", "all"):
-        rows = throughput("tiny", str(tiny_model_dir()), [1, 8], args, baseline=True)
+        rows = throughput("tiny", str(tiny_model_dir()), [1, 8], args)
         parts.append(throughput_table("Tiny model (2 layers, hidden 32): overhead is nearly all the cost", rows))
     if args.what in ("cpu", "all"):
-        rows = throughput("cpu", "embedded", [1, 4, 8], args, baseline=bool(args.baseline))
+        rows = throughput("cpu", "embedded", [1, 4, 8], args)
         parts.append(throughput_table("Embedded SmolLM2-135M-Instruct (fp32), official constants", rows))
     if args.what in ("memory", "all"):
         parts.append(memory(args))

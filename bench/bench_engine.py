@@ -40,6 +40,7 @@ def measure(kind: str, *, questions: int, new_tokens: int, iterations: int | Non
     import torch
 
     import rain
+    from rain.decoding import vanilla_searcher
 
     torch.manual_seed(0)
     model, tok = rain.load_model("embedded")
@@ -50,7 +51,8 @@ def measure(kind: str, *, questions: int, new_tokens: int, iterations: int | Non
     totals = {"seconds": 0.0, "new_tokens": 0, "inner_iterations": 0, "forward_calls": 0, "tokens_fed": 0,
               "judge_forward_calls": 0, "judge_tokens_fed": 0, "judge_calls": 0}
     answers, cpu0 = [], time.process_time()
-    searcher = rain.Searcher(model, tok, cfg)  # one per process: the fixed prompt heads are prefilled once
+    # one per process (the fixed prompt heads are prefilled once); vanilla's loads no judge prompt or embedder
+    searcher = vanilla_searcher(model, tok, cfg) if kind == "vanilla" else rain.Searcher(model, tok, cfg)
     for q in QUESTIONS[:questions]:
         if kind == "vanilla":
             result = rain.vanilla_generate(model, tok, q, cfg, searcher=searcher)

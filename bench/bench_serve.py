@@ -26,15 +26,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_batch import demo_questions  # bench/ is on sys.path when this runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PROMPTS = ROOT / "rain" / "data" / "demo_prompts.jsonl"
 MODEL = "rain-embedded"
-
-
-def demo_questions() -> list:
-    rows = [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [row["chosen"].split("Human:", 1)[1].split("\n\nAssistant:", 1)[0].strip() for row in rows]
 
 
 def start_server(service):

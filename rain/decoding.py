@@ -49,11 +49,16 @@ def vanilla_search(searcher: Searcher, question: str, *, messages=None):
 def vanilla_generate(model, tokenizer, question: str, config: Optional[RainConfig] = None, *,
                      seed: Optional[int] = None, searcher: Optional[Searcher] = None) -> GenerationResult:
     """The baseline: greedy decoding with a KV cache, the same prompt, limits and stop rules as RAIN."""
-    searcher = searcher or Searcher(model, tokenizer, config, evaluator=lambda q, a: 0.0, embedder=_NoEmbedder())
+    searcher = searcher or vanilla_searcher(model, tokenizer, config)
     ((_, result),) = drive(searcher, [(0, vanilla_search(searcher, question))])
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+def vanilla_searcher(model, tokenizer, config: Optional[RainConfig] = None) -> Searcher:
+    """A searcher for vanilla decoding only: no self-evaluator prompt prefilled, no sentence embedder loaded."""
+    return Searcher(model, tokenizer, config, evaluator=lambda q, a: 0.0, embedder=_NoEmbedder())
 
 
 class _NoEmbedder:
