@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from .attention import Past, Row, Segment, check_supported, forward_rows, merge_segments
-from .sampling import SegmentSpec, common_prefix, pick_rows, pick_tokens, row_uniforms, sample_full, \
+from .sampling import Draw, SegmentSpec, common_prefix, draw_all, pick_tokens, row_uniforms, sample_full, \
     topk_distribution
 
 
@@ -136,9 +136,14 @@ class Job:
     def rows(self) -> list:
         return []
 
-    def feed(self, logits: list, new: tuple, offset: int) -> None:
-        """After a forward: this job's rows' logits (one [V] per wanting row), and the forward's packed new
-        keys and values (per layer [KVH, T, D]) where this job's rows' tokens start at `offset`."""
+    def feed(self, logits: torch.Tensor, new: tuple, offset: int) -> list:
+        """After a forward: this job's rows' logits ([wanting rows, V]), and the forward's packed new keys and
+        values (per layer [KVH, T, D]) where this job's rows' tokens start at `offset`. -> the `Draw`s it needs;
+        the engine answers those of all jobs together, then calls `drawn()`."""
+        return []
+
+    def drawn(self) -> None:
+        """The Draws returned by `feed` are answered."""
 
 
 class _Done(Job):
@@ -242,51 +247,32 @@ class _PrefillJob(Job):
     def rows(self) -> list:
         return [Row(base=self.base, tokens=list(self.new_tokens))]
 
-    def feed(self, logits: list, new: tuple, offset: int) -> None:
+    def feed(self, logits: torch.Tensor, new: tuple, offset: int) -> list:
         self.request.counters.forward_calls += 1
         self.request.counters.tokens_fed += len(self.new_tokens)
         start = self.base[-1].end if self.base else 0
         chain = _compact(self.base + (_own_segment(new, offset, start, self.new_tokens),),
                          keep_first=not self.request.compact)
-        self.done, self.result = True, Context(self.request.tokens, logits[0], chain)
+        self.done, self.result = True, Context(self.request.tokens, logits[0].clone(), chain)  # not the step's
+        return []
 
 
 class _ExpandJob(Job):
     """Candidate rows and the rollout row advance together, one token per forward each; their own earlier
-    tokens' KV is one packed `Past` for the whole job (row ids 0..R-1, the rollout R)."""
+    tokens' KV is one packed `Past` for the whole job (row ids 0..R-1, the rollout R). Their tokens are drawn
+    through `Draw`s, which the engine answers for all jobs of a step at once."""
 
     def __init__(self, engine: "CachedEngine", request: Expand):
         self.request = request
         ctx, spec, rollout = request.context, request.spec, request.rollout
-        self.seqs, self.probs, self.alive = [], [], []
-        if spec is not None:
-            tok, p = pick_rows(*topk_distribution(ctx.logits.unsqueeze(0).expand(request.u.shape[0], -1), spec.topk,
-                                                  spec.temperature), row_uniforms(request.u[:, 0], spec))
-            self.seqs = [[t] for t in tok.tolist()]
-            self.probs = p.double().tolist()
-            self.alive = [s[0] not in spec.stop_ids and spec.length > 1 for s in self.seqs]
+        rows = request.u.shape[0] if spec is not None else 0
+        self.seqs, self.probs, self.alive = [[] for _ in range(rows)], [1.0] * rows, [True] * rows
         self.past: Optional[Past] = None
         self.rollout: list = []
         self.rolling = rollout is not None and not rollout.done([])
-        if self.rolling:
-            self._rollout_pick(ctx.logits)
-        self._finish_if_done()
-
-    def _rollout_pick(self, logits: torch.Tensor) -> None:
-        r = self.request.rollout
-        if r.generator is None:
-            tok = int(logits.argmax())
-        else:
-            tok = int(sample_full(logits.unsqueeze(0), torch.rand(1, generator=r.generator))[0])
-        self.rollout.append(tok)
-        self.request.counters.sampled_tokens += 1
-        if r.done(self.rollout) or len(self.rollout) >= r.max_tokens:
-            self.rolling = False
-
-    def _finish_if_done(self) -> None:
-        if not self.rolling and not any(self.alive):
-            self.done = True
-            self.result = Expansion([(tuple(s), p) for s, p in zip(self.seqs, self.probs)], self.rollout)
+        self.draws = self._draws(ctx.logits.unsqueeze(0).expand(rows, -1), ctx.logits.unsqueeze(0))
+        draw_all(self.draws)
+        self.drawn(count_rows=False)  # the rows' first tokens are not counted, as ReferenceEngine counts
 
     def _fed(self) -> list:
         """Row ids fed in the next forward: the live candidate rows, then the rollout."""
@@ -299,27 +285,53 @@ class _ExpandJob(Job):
             rows.append(Row(base=base, tokens=[seq[-1]], past=self.past, past_id=r, past_len=len(seq) - 1))
         return rows
 
-    def feed(self, logits: list, new: tuple, offset: int) -> None:
-        counters, spec = self.request.counters, self.request.spec
+    def _draws(self, row_logits: torch.Tensor, rollout_logits: torch.Tensor) -> list:
+        """The next tokens to draw: one per live candidate row (logits [live, V]) and the rollout's ([1, V])."""
+        spec, live = self.request.spec, [r for r, alive in enumerate(self.alive) if alive]
+        draws = []
+        if live:
+            u = row_uniforms(self.request.u[:, len(self.seqs[live[0]])], spec)[live]
+            draws.append(Draw(row_logits[:len(live)], u, spec.topk, spec.temperature))
+        self.greedy_rollout = None
+        if self.rolling:
+            generator = self.request.rollout.generator
+            if generator is None:
+                self.greedy_rollout = int(rollout_logits[0].argmax())
+            else:
+                draws.append(Draw(rollout_logits, torch.rand(1, generator=generator)))
+        return draws
+
+    def feed(self, logits: torch.Tensor, new: tuple, offset: int) -> list:
+        counters = self.request.counters
         fed = self._fed()
         counters.forward_calls += 1
         counters.tokens_fed += len(fed)
         keys, values = _slice(new, offset, len(fed))
         self.past = Past(keys, values, fed) if self.past is None else self.past.extend(keys, values, fed)
-        live = [r for r in fed if r < len(self.seqs)]
+        self.draws = self._draws(logits, logits[-1:])
+        return self.draws
+
+    def drawn(self, count_rows: bool = True) -> None:
+        spec, counters, draws = self.request.spec, self.request.counters, iter(self.draws)
+        live = [r for r, alive in enumerate(self.alive) if alive]
         if live:
-            j = len(self.seqs[live[0]])
-            counters.sampled_tokens += len(live)
-            u = row_uniforms(self.request.u[:, j], spec)[live]
-            tok, p = pick_rows(*topk_distribution(torch.stack(logits[:len(live)]), spec.topk, spec.temperature), u)
-            for i, r in enumerate(live):
-                t = int(tok[i])
+            draw = next(draws)
+            if count_rows:
+                counters.sampled_tokens += len(live)
+            for r, t, p in zip(live, draw.tokens, draw.probs):
                 self.seqs[r].append(t)
-                self.probs[r] *= float(p[i])
-                self.alive[r] = t not in spec.stop_ids and j + 1 < spec.length
+                self.probs[r] *= p
+                self.alive[r] = t not in spec.stop_ids and len(self.seqs[r]) < spec.length
         if self.rolling:
-            self._rollout_pick(logits[-1])
-        self._finish_if_done()
+            self.rollout.append(self.greedy_rollout if self.greedy_rollout is not None else next(draws).tokens[0])
+            counters.sampled_tokens += 1
+            r = self.request.rollout
+            if r.done(self.rollout) or len(self.rollout) >= r.max_tokens:
+                self.rolling = False
+        self.draws = []
+        if not self.rolling and not any(self.alive):
+            self.done = True
+            self.result = Expansion([(tuple(s), p) for s, p in zip(self.seqs, self.probs)], self.rollout)
 
 
 class _JudgeJob(Job):
@@ -336,7 +348,7 @@ class _JudgeJob(Job):
         return [Row(base=self.base, tokens=list(self.shared_new), want_logits=False)] + \
             [Row(base=self.base, tokens=t, parent=0) for t in tails]
 
-    def feed(self, logits: list, new: tuple, offset: int) -> None:
+    def feed(self, logits: torch.Tensor, new: tuple, offset: int) -> list:
         counters = self.request.counters
         counters.forward_calls += 1
         counters.tokens_fed += len(self.shared_new) + sum(len(t) for t in self.request.tails)
@@ -344,8 +356,9 @@ class _JudgeJob(Job):
         if self.shared_new:
             start = self.base[-1].end if self.base else 0
             chain = _compact(chain + (_own_segment(new, offset, start, self.shared_new),), keep_first=True)
-        probs = torch.softmax(torch.stack(logits), dim=-1)
+        probs = torch.softmax(logits, dim=-1)
         self.done, self.result = True, JudgeResult(probs, Context(self.request.tokens, None, chain))
+        return []
 
 
 class CachedEngine(Engine):
@@ -391,12 +404,15 @@ class CachedEngine(Engine):
         self.batches.forwards += 1
         self.batches.rows += len(packed)
         self.batches.tokens += sum(len(r.tokens) for r in packed)
-        at, token_at = 0, 0
+        at, token_at, draws = 0, 0, []
         for job, job_rows in plan:
             wanting = sum(1 for r in job_rows if r.want_logits)
-            job.feed(list(logits[at:at + wanting]), new, token_at)
+            draws += job.feed(logits[at:at + wanting], new, token_at)
             at += wanting
             token_at += sum(len(r.tokens) for r in job_rows)
+        draw_all(draws)  # the tokens of every job, in one batch per kind
+        for job in jobs:
+            job.drawn()
         self.jobs = [job for job in jobs if not job.done]
 
 

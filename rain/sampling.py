@@ -6,7 +6,7 @@ sees the same logits and the same uniforms draws the same tokens). Does not know
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -37,11 +37,12 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_(max=probs.shape[-1] - 1)
 
 
-def pick_tokens(probs: torch.Tensor, ids: torch.Tensor, u: Optional[torch.Tensor]) -> tuple:
-    """Pick one entry per row: argmax when u is None, else inverse-CDF with u. -> (token ids [B], probs [B])."""
+def pick_tokens(probs: torch.Tensor, ids: Optional[torch.Tensor], u: Optional[torch.Tensor]) -> tuple:
+    """Pick one entry per row: argmax when u is None, else inverse-CDF with u. ids None: the columns are the
+    token ids (a full softmax). -> (token ids [B], probs [B])."""
     col = torch.zeros(probs.shape[0], dtype=torch.long) if u is None else inverse_cdf(probs, u)
     rows = torch.arange(probs.shape[0])
-    return ids[rows, col], probs[rows, col]
+    return (col if ids is None else ids[rows, col]), probs[rows, col]
 
 
 def sample_full(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -77,3 +78,39 @@ def pick_rows(probs, ids, u):
         g_tok, g_p = pick_tokens(probs, ids, None)
         tok, p = torch.where(greedy, g_tok, tok), torch.where(greedy, g_p, p)
     return tok, p
+
+
+@dataclass(eq=False)
+class Draw:
+    """Tokens to draw, one per row of `logits` [n, V], with uniforms u [n] (NaN: argmax): from the top-k at
+    `temperature` (candidate rows), or from the full softmax at T = 1 when topk is None (a rollout).
+    `draw_all` fills `tokens` and `probs` (plain lists)."""
+
+    logits: torch.Tensor
+    u: torch.Tensor
+    topk: Optional[int] = None
+    temperature: float = 1.0
+    tokens: list = field(default_factory=list)
+    probs: list = field(default_factory=list)
+
+
+def draw_all(draws: list) -> None:
+    """Answer many Draws (e.g. of every job after one forward) with one computation per kind (topk, temperature)
+    instead of one per Draw. Every row is computed as it would be alone (top-k, softmax, cumulative sum and
+    search are row-wise), so the tokens do not depend on which Draws share the batch."""
+    kinds: dict = {}
+    for d in draws:
+        kinds.setdefault((d.topk, d.temperature), []).append(d)
+    for (k, temperature), group in kinds.items():
+        logits = group[0].logits if len(group) == 1 else torch.cat([d.logits for d in group])
+        u = group[0].u if len(group) == 1 else torch.cat([d.u for d in group])
+        if k is None:
+            probs, ids = torch.softmax(logits.float(), dim=-1), None
+        else:
+            probs, ids = topk_distribution(logits, k, temperature)
+        tokens, picked = (t.tolist() for t in pick_rows(probs, ids, u))
+        at = 0
+        for d in group:
+            n = d.u.shape[0]
+            d.tokens, d.probs = tokens[at:at + n], picked[at:at + n]
+            at += n

@@ -7,7 +7,8 @@ import torch
 import rain
 from rain.attention import Past, Row, Segment, forward_rows, plan_forward
 from rain.lm import CachedEngine, Counters, Expand, Judge, Prefill, ReferenceEngine, Rollout
-from rain.sampling import SegmentSpec, common_prefix
+from rain.sampling import Draw, SegmentSpec, common_prefix, draw_all, pick_tokens, sample_full, \
+    topk_distribution
 from rain.search import Searcher
 from tiny import EosBoost, HashEmbedder
 
@@ -213,6 +214,36 @@ def test_judge_prefix_is_prefilled_once_per_process(tiny_model):
     assert first.stats.judge_calls > 0 and second.stats.judge_calls > 0
     assert first.stats.judge_tokens_fed < prefix_len  # only the judged texts, never the fixed part
     assert second.stats.judge_tokens_fed < prefix_len
+
+
+def test_draws_answered_together_equal_each_alone():
+    """The engine answers every job's Draws of a step in one batch per kind: each row's token and probability are
+    exactly those the reference engine's one-row-at-a-time calls give, whatever shares the batch."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(12, 50, generator=gen) * 3
+    u = torch.rand(12, generator=gen)
+    u[4] = float("nan")  # a greedy row
+
+    def draws():
+        return [Draw(logits[0:5], u[0:5], topk=7, temperature=0.7), Draw(logits[5:6], u[5:6]),
+                Draw(logits[6:9], u[6:9], topk=7, temperature=0.7), Draw(logits[9:12], u[9:12], topk=3),
+                Draw(logits[1:2], u[1:2])]
+
+    together = draws()
+    draw_all(together)
+    for draw in draws():
+        draw_all([draw])
+        alone = together.pop(0)
+        assert (alone.tokens, alone.probs) == (draw.tokens, draw.probs)
+        for row in range(draw.logits.shape[0]):
+            one, v = draw.logits[row:row + 1], draw.u[row:row + 1]
+            if draw.topk is None:
+                assert draw.tokens[row] == int(sample_full(one, v)[0])
+            else:
+                probs, ids = topk_distribution(one, draw.topk, draw.temperature)
+                tok, prob = pick_tokens(probs, ids, None if torch.isnan(v).item() else v)
+                assert (draw.tokens[row], draw.probs[row]) == (int(tok[0]), float(prob[0]))
+    assert not together
 
 
 def test_common_prefix_length():
