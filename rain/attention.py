@@ -146,15 +146,15 @@ def plan_forward(rows: list, device) -> tuple:
         owner.extend([r] * len(row.tokens))
     owner_t, pos_t = torch.tensor(owner), torch.tensor(positions)
     # the new tokens: a token sees the earlier tokens of its own row and the rows it continues ('parent' links)
-    same_or_causal = (owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | (pos_t.unsqueeze(0) <= pos_t.unsqueeze(1))
+    causal = pos_t.unsqueeze(0) <= pos_t.unsqueeze(1)
     if any(row.parent is not None for row in rows):
         lineage = torch.eye(len(rows), dtype=torch.bool)
         for r, row in enumerate(rows):
             if row.parent is not None:
                 lineage[r] |= lineage[row.parent]
-        new_mask = lineage[owner_t][:, owner_t] & same_or_causal
+        new_mask = lineage[owner_t][:, owner_t] & ((owner_t.unsqueeze(0) != owner_t.unsqueeze(1)) | causal)
     else:
-        new_mask = (owner_t.unsqueeze(0) == owner_t.unsqueeze(1)) & same_or_causal
+        new_mask = (owner_t.unsqueeze(0) == owner_t.unsqueeze(1)) & causal
     # stored segments: each read by the tokens of every row whose chain holds it (children use their parent's)
     by_segment: dict = {}
     for r, row in enumerate(rows):
@@ -179,8 +179,11 @@ def plan_forward(rows: list, device) -> tuple:
     if pasts:
         parts.append(torch.tensor(row_tag).unsqueeze(1) == torch.cat(tags).unsqueeze(0))
     if folded:
-        reads = torch.tensor([[r in members for _, members in folded] for r in range(len(rows))], dtype=torch.bool)
-        parts.append(reads[:, [f for f, (seg, _) in enumerate(folded) for _ in range(seg.length)]])
+        reads = [[False] * len(folded) for _ in rows]
+        for f, (_, members) in enumerate(folded):
+            for r in members:
+                reads[r][f] = True
+        parts.append(torch.tensor(reads).repeat_interleave(torch.tensor([seg.length for seg, _ in folded]), dim=1))
     private_mask = torch.cat([torch.cat(parts, dim=1)[owner_t], new_mask], dim=1) if parts else new_mask
     groups = []
     for seg, members in in_place:
