@@ -270,6 +270,7 @@ class _ExpandJob(Job):
         self.past: Optional[Past] = None
         self.rollout: list = []
         self.rolling = rollout is not None and not rollout.done([])
+        self.greedy_rollout: Optional[int] = None  # the rollout's next token when it decodes greedily
         self.draws = self._draws(ctx.logits.unsqueeze(0).expand(rows, -1), ctx.logits.unsqueeze(0))
         draw_all(self.draws)
         self.drawn(count_rows=False)  # the rows' first tokens are not counted, as ReferenceEngine counts
@@ -325,8 +326,8 @@ class _ExpandJob(Job):
         if self.rolling:
             self.rollout.append(self.greedy_rollout if self.greedy_rollout is not None else next(draws).tokens[0])
             counters.sampled_tokens += 1
-            r = self.request.rollout
-            if r.done(self.rollout) or len(self.rollout) >= r.max_tokens:
+            rollout = self.request.rollout
+            if rollout.done(self.rollout) or len(self.rollout) >= rollout.max_tokens:
                 self.rolling = False
         self.draws = []
         if not self.rolling and not any(self.alive):
