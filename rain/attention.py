@@ -110,7 +110,8 @@ class Plan:
     """Everything the attention function needs for one packed forward, built once for all layers."""
 
     groups: list
-    """(segment, the packed tokens that attend to it: a slice when they are consecutive, else a LongTensor)."""
+    """(segment, the packed tokens that attend to it: None for all of them, a slice when they are consecutive,
+    else a LongTensor)."""
     pasts: list
     """The distinct `Past`s of the rows, in order."""
     folded: list
@@ -188,8 +189,8 @@ def plan_forward(rows: list, device) -> tuple:
     groups = []
     for seg, members in in_place:
         if members == list(range(members[0], members[-1] + 1)):  # consecutive rows: consecutive tokens
-            end = offsets[members[-1]] + len(rows[members[-1]].tokens)
-            groups.append((seg, slice(offsets[members[0]], end)))
+            sel = slice(offsets[members[0]], offsets[members[-1]] + len(rows[members[-1]].tokens))
+            groups.append((seg, None if sel.start == 0 and sel.stop == len(ids) else sel))
         else:
             idx = torch.nonzero(torch.isin(owner_t, torch.tensor(members))).flatten()
             groups.append((seg, idx.to(device)))
@@ -223,6 +224,13 @@ def _attend(q, keys, values, scale, softcap, bias=None, mask=None):
     return torch.bmm(probs, values).float().view(kv_heads, groups, n, dim), lse
 
 
+def _tokens(x: torch.Tensor, sel) -> torch.Tensor:
+    """The packed tokens `sel` of x (tokens on dim 2): all (None), a slice (a view) or an index tensor (a copy)."""
+    if sel is None:
+        return x
+    return x[:, :, sel] if isinstance(sel, slice) else x.index_select(2, sel)
+
+
 def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The AttentionInterface function: query [1, H, T, D], key/value [1, KVH, T, D] (this forward's new tokens,
     rotary already applied). -> ([1, T, H, D], None)."""
@@ -251,13 +259,10 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     # merged in exactly by log-sum-exp: out <- out + sigmoid(lse_seg - lse) (out_seg - out), lse <- logaddexp
     out, lse = _attend(q, keys, values, scale, softcap, plan.bias, plan.private_mask)
     for seg, sel in plan.groups:
-        whole = isinstance(sel, slice) and sel.start == 0 and sel.stop == total
-        part = q if whole else q[:, :, sel] if isinstance(sel, slice) else q.index_select(2, sel)
-        o2, l2 = _attend(part, seg.keys[layer], seg.values[layer], scale, softcap)
-        o1, l1 = (out, lse) if whole else (out[:, :, sel], lse[:, :, sel]) if isinstance(sel, slice) else \
-            (out.index_select(2, sel), lse.index_select(2, sel))
+        o2, l2 = _attend(_tokens(q, sel), seg.keys[layer], seg.values[layer], scale, softcap)
+        o1, l1 = _tokens(out, sel), _tokens(lse, sel)
         o, l = torch.lerp(o1, o2, torch.sigmoid(l2 - l1).unsqueeze(-1)), torch.logaddexp(l1, l2)
-        if whole:
+        if sel is None:
             out, lse = o, l
         elif isinstance(sel, slice):
             out[:, :, sel], lse[:, :, sel] = o, l
