@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,8 +36,12 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
         self.device, self.max_length, self.calls = device, max_length, 0
+        self.pooled = _Pooled(self.model)
+        probes = [tuple(self.tokenizer(texts, padding=True, return_tensors="pt").to(device)[k]
+                        for k in ("input_ids", "attention_mask")) for texts in _PROBES]
+        self.pooled = _traced(self.pooled, probes, f"sentence embedder {folder}") or self.pooled
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def embed(self, texts: list) -> torch.Tensor:
         """texts (N strings) -> float32 [N, D] unit vectors. Texts of similar length run together (a text is
         padded to at most 1.25x its length plus 8 tokens), so a large mixed batch wastes little on padding."""
@@ -51,13 +56,51 @@ class Embedder:
                 end += 1
             chunk = order[start:end]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+            pooled = self.pooled(batch["input_ids"], batch["attention_mask"])
             for row, i in enumerate(chunk):
                 out[i] = pooled[row]
             start = end
         return torch.stack(out).float().cpu()
+
+
+class _Pooled(torch.nn.Module):
+    """(input ids, attention mask) -> mean-pooled, L2-normalised last hidden states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+
+_PROBES = (["a probe sentence of some length to trace the model with", "short"],
+           ["another, longer probe: it checks that the trace holds at other shapes than the one it was made at", "x"],
+           ["one text alone, unpadded"])
+
+
+def _traced(pooled: torch.nn.Module, probes: list, name: str = "embedder"):
+    """`pooled` as a TorchScript trace made at probes[0] (input ids, attention mask), or None, with a warning,
+    where the trace fails or does not give the model's vectors on the other probes (other shapes, with and
+    without padding). A trace runs its whole forward without holding Python's lock, so the embedder thread
+    does not slow the searches' forwards beside it: the eager model's Python holds the lock for most of its run
+    (measured: small forwards beside it up to twice as slow)."""
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python values it takes as constants
+            traced = torch.jit.trace(pooled, probes[0], check_trace=False)
+            worst = max(float((traced(*p) - pooled(*p)).abs().max()) for p in probes[1:])
+    except Exception as err:  # noqa: BLE001 - a model the tracer cannot follow runs as it is
+        reason = f"the trace failed ({type(err).__name__}: {err})".splitlines()[0]
+    else:
+        if worst <= 1e-6:
+            return traced
+        reason = f"the trace differs from the model by {worst:.3g} at other shapes"
+    warnings.warn(f"{name}: runs untraced, {reason}; the embeddings are the same, the searches' forwards beside "
+                  f"it slower", stacklevel=3)
+    return None
 
 
 @functools.lru_cache(maxsize=4)
