@@ -298,7 +298,7 @@ def check_supported(model, max_length: int) -> None:
                          f"({type(model).__name__}, sliding_window={window}); use search.engine=reference")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def forward_rows(model, rows: list) -> tuple:
     """One packed forward over `rows`. -> (float32 logits [n_wanting, V] of each wanting row's last token,
     the new tokens' keys and values per layer, packed [KVH, T, D] in row order)."""

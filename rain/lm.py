@@ -385,6 +385,7 @@ class CachedEngine(Engine):
         self.heads.append(ctx)
         return ctx
 
+    @torch.inference_mode()
     def step(self) -> None:
         jobs = [job for job in self.jobs if not job.done]
         plan = [(job, job.rows()) for job in jobs]
