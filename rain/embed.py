@@ -38,10 +38,10 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
         self.device, self.max_length, self.calls = device, max_length, 0
-        self.pooled = _Pooled(self.model)
+        pooled = _Pooled(self.model)
         probes = [tuple(self.tokenizer(texts, padding=True, return_tensors="pt").to(device)[k]
                         for k in ("input_ids", "attention_mask")) for texts in _PROBES]
-        self.pooled = _traced(self.pooled, probes, f"sentence embedder {folder}") or self.pooled
+        self.pooled = _traced(pooled, probes, f"sentence embedder {folder}") or pooled
 
     @torch.inference_mode()
     def embed(self, texts: list) -> torch.Tensor:
@@ -58,7 +58,8 @@ class Embedder:
                 end += 1
             chunk = order[start:end]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(self.device)
-            pooled = self.pooled(batch["input_ids"], batch["attention_mask"])
+            with torch.jit.optimized_execution(False):  # a trace runs the model's own ops, not fused ones
+                pooled = self.pooled(batch["input_ids"], batch["attention_mask"])
             for row, i in enumerate(chunk):
                 out[i] = pooled[row]
             start = end
@@ -88,13 +89,16 @@ def _traced(pooled: torch.nn.Module, probes: list, name: str = "embedder"):
     where the trace fails or does not give the model's vectors on the other probes (other shapes, with and
     without padding). A trace runs its whole forward without holding Python's lock, so the embedder thread
     does not slow the searches' forwards beside it: the eager model's Python holds the lock for most of its run
-    (measured: small forwards beside it up to twice as slow). torch.jit is deprecated in torch 2.13 (pinned) but
+    (measured: small forwards beside it up to twice as slow). It runs unoptimised (`optimized_execution(False)`):
+    the model's own ops, not the fused kernels TorchScript may make on a GPU, which could round differently.
+    torch.jit is deprecated in torch 2.13 (pinned) but
     works; where a later torch drops it, the trace fails here and the embedder runs untraced."""
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on constants and its deprecation notice
             traced = torch.jit.trace(pooled, probes[0], check_trace=False)
-            worst = max(float((traced(*p) - pooled(*p)).abs().max()) for p in probes[1:])
+            with torch.jit.optimized_execution(False):
+                worst = max(float((traced(*p) - pooled(*p)).abs().max()) for p in probes[1:])
     except Exception as err:  # noqa: BLE001 - a model the tracer cannot follow runs as it is
         reason = f"the trace failed ({type(err).__name__}: {err})".splitlines()[0]
     else:
