@@ -333,7 +333,8 @@ def test_the_api_key_is_required_compared_and_never_logged(server, caplog):
 # ---------------------------------------------------------------------------------------------- slots
 
 def open_stream(server: Server, body: dict):
-    """Start a streamed request and read its first event (then the request is admitted and running)."""
+    """Start a streamed request and read its first event (then the request is admitted: it runs once the driver
+    thread takes it, see `wait_running`)."""
     conn = server.connection(timeout=60)
     conn.request("POST", "/v1/chat/completions", body=json.dumps({**body, "stream": True}),
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
@@ -343,9 +344,17 @@ def open_stream(server: Server, body: dict):
     return conn, response
 
 
+def wait_running(server: Server, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while server.health()["running"] == 0:
+        assert time.monotonic() < deadline, "the admitted request never started"
+        time.sleep(0.02)
+
+
 def test_a_full_server_answers_429_with_retry_after_and_a_disconnect_frees_the_slot(narrow):
     conn, response = open_stream(narrow, {"model": MODEL, "messages": user(QUESTIONS[0]), "max_tokens": 64,
                                           "rain": LONG})
+    wait_running(narrow)
     assert narrow.health()["running"] == 1
     with pytest.raises(openai.RateLimitError) as caught:
         narrow.client().chat.completions.create(model=MODEL, messages=user("hi"))
@@ -365,10 +374,7 @@ def test_a_client_leaving_a_plain_request_frees_the_slot(narrow):
     conn.request("POST", "/v1/chat/completions",
                  body=json.dumps({"model": MODEL, "messages": user(QUESTIONS[1]), "rain": LONG}),
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    deadline = time.monotonic() + 30
-    while narrow.health()["running"] == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_running(narrow)
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
     assert narrow.wait_idle(30)["cancelled"] == before + 1
