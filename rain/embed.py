@@ -44,6 +44,7 @@ class Embedder:
         self.pooled = _traced(pooled, probes, f"sentence embedder {folder}") or pooled
 
     @torch.inference_mode()
+    @torch.jit.optimized_execution(False)  # a trace runs the model's own ops, not fused ones
     def embed(self, texts: list) -> torch.Tensor:
         """texts (N strings) -> float32 [N, D] unit vectors. Texts of similar length run together (a text is
         padded to at most 1.25x its length plus 8 tokens), so a large mixed batch wastes little on padding."""
@@ -58,8 +59,7 @@ class Embedder:
                 end += 1
             chunk = order[start:end]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt").to(self.device)
-            with torch.jit.optimized_execution(False):  # a trace runs the model's own ops, not fused ones
-                pooled = self.pooled(batch["input_ids"], batch["attention_mask"])
+            pooled = self.pooled(batch["input_ids"], batch["attention_mask"])
             for row, i in enumerate(chunk):
                 out[i] = pooled[row]
             start = end
